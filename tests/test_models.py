@@ -1,0 +1,53 @@
+import json
+from pathlib import Path
+import pytest, torch
+from transformers import AutoModelForCausalLM
+from ortho_nbs.models import (load_model, save_model, tiny_model, tiny_tokenizer, resolve_device, PACKAGED_MODELS,
+                              TINY_FAMILIES)
+
+
+def test_unknown_model_lists_known_names():
+    with pytest.raises(ValueError) as e: load_model("smollm-9000")
+    for name in PACKAGED_MODELS: assert name in str(e.value)
+
+
+def test_directory_without_model_says_what_is_missing(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="missing weights"): load_model(tmp_path)
+
+
+def test_cuda_refused_without_gpu():
+    if torch.cuda.is_available(): pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="no CUDA GPU"): resolve_device("cuda")
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_save_reload_identical_logits(tmp_path, family):
+    model, tok = tiny_model(family), tiny_tokenizer()
+    out = save_model(model, tok, tmp_path / "m")
+    assert not list(tmp_path.glob(".m.tmp-*")), "temporary folder left behind"
+    again, tok2 = load_model(out)
+    x = torch.tensor([[5, 9, 13, 20]])
+    with torch.no_grad(): assert torch.equal(model(x).logits, again(x).logits)
+    assert again.ortho_source["sha256"] and json.loads((out / "ortho_nbs.json").read_text())["source"]["name"] == f"tiny-{family}"
+
+
+def test_save_refuses_existing_and_source(tmp_path):
+    model, tok = tiny_model(), tiny_tokenizer()
+    out = save_model(model, tok, tmp_path / "m")
+    (out / "marker").write_text("keep me")
+    with pytest.raises(FileExistsError, match="overwrite=True"): save_model(model, tok, out)
+    assert (out / "marker").read_text() == "keep me"          # nothing lost
+    loaded, _ = load_model(out)
+    with pytest.raises(ValueError, match="source"): save_model(loaded, tok, out, overwrite=True)
+    save_model(model, tok, out, overwrite=True)              # asked for: replaced whole
+    assert not (out / "marker").exists()
+    assert AutoModelForCausalLM.from_pretrained(out) is not None
+
+
+def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
+    model, tok = tiny_model(), tiny_tokenizer()
+    def boom(*a, **k): raise RuntimeError("disk full")
+    monkeypatch.setattr(tok, "save_pretrained", boom)
+    with pytest.raises(RuntimeError, match="disk full"): save_model(model, tok, tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []

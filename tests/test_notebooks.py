@@ -1,0 +1,46 @@
+"""Each notebook, executed through the runner with the smoke profile, and its results file checked.
+
+The smoke profile uses the real packaged models with small samples: the same code paths as the paper profile."""
+import json
+import pytest
+from ortho_nbs.runner import reproduce
+
+pytestmark = pytest.mark.notebook
+
+
+def run(stem, smoke_dir):
+    s = reproduce("smoke", only=[stem], out=smoke_dir)
+    res = json.loads((smoke_dir / "results" / f"{stem}.json").read_text()) if s["notebooks"][0]["results"] else None
+    if res:
+        assert res["provenance"]["profile"] == "smoke"
+        assert res["provenance"]["git_commit"] is None or len(res["provenance"]["git_commit"]) >= 40
+        assert all(c["verdict"] for c in res["claims"])
+    return res
+
+
+def test_00_models(smoke_dir):
+    r = run("00_models", smoke_dir)
+    m = r["metrics"]
+    assert m["reload_max_abs_logit_diff"] == 0.0 and m["reload_generation_identical"] == 1.0
+    assert {x["name"] for x in r["provenance"]["models"]} == {"smollm2-135m-instruct", "gemma-3-270m"}
+    assert all(len(x["sha256"]) == 64 for x in r["provenance"]["models"])
+
+
+def test_01_hooks(smoke_dir):
+    r = run("01_hooks", smoke_dir)
+    m = r["metrics"]
+    assert (m["n_layers"], m["d_model"], m["n_prompts"]) == (30, 576, 16)
+    assert m["norm_ratio_last_first"] > 2          # the residual stream grows with depth (SmolLM2: ~30x)
+    assert (smoke_dir / "figures" / "01_residual_norms.png").exists()
+    assert (smoke_dir / "figures" / "01_residual_norms.json").exists()
+
+
+@pytest.mark.parametrize("stem", ["02_data", "04_provenance", "05_runner"])
+def test_library_notebooks_pass_their_checks(stem, smoke_dir):
+    run(stem, smoke_dir)    # raises NotebookFailed if any of the notebook's own checks fails
+
+
+def test_03_evaluation(smoke_dir):
+    m = run("03_evaluation", smoke_dir)["metrics"]
+    assert 2 < m["ppl_public_heldout"] < 60         # SmolLM2 on the Python reference: ~14
+    assert m["n_arithmetic"] == 8 and 0 <= m["arithmetic_acc"] <= 1

@@ -1,0 +1,52 @@
+"The notebooks are the source: the library, the cleaned notebooks and environment.yml must agree with them."
+import re, shutil, subprocess, sys, tomllib
+from pathlib import Path
+import pytest
+from ortho_nbs.provenance import project_root
+
+ROOT = project_root()
+BIN = Path(sys.executable).parent
+
+
+def _copy(tmp):
+    for name in ("nbs", "ortho_nbs"): shutil.copytree(ROOT / name, tmp / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "settings.ini", "README.md"): shutil.copy(ROOT / name, tmp / name)
+    return tmp
+
+
+def _tree(d):
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
+def test_library_in_sync_with_notebooks(tmp_path):
+    tmp = _copy(tmp_path)
+    subprocess.run([str(BIN / "nbdev-export")], cwd=tmp, check=True, capture_output=True)
+    before, after = _tree(ROOT / "ortho_nbs"), _tree(tmp / "ortho_nbs")
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"nbdev-export changes {changed}: edit nbs/, run nbdev-export, commit both"
+
+
+def test_notebooks_clean(tmp_path):
+    tmp = _copy(tmp_path)
+    subprocess.run([str(BIN / "nbdev-clean")], cwd=tmp, check=True, capture_output=True)
+    before, after = _tree(ROOT / "nbs"), _tree(tmp / "nbs")
+    changed = sorted(k for k in before if before[k] != after.get(k))
+    assert not changed, f"nbdev-clean changes {changed}: run nbdev-clean and commit"
+
+
+def test_parameters_tag_survives_clean():
+    import json
+    for p in sorted((ROOT / "nbs").glob("[0-9][0-9]_*.ipynb")):
+        tags = [t for c in json.loads(p.read_text())["cells"] for t in c.get("metadata", {}).get("tags", [])]
+        assert tags.count("parameters") == 1, p.name
+
+
+def _name(req): return re.split(r"[<>=!~ \[]", req.strip(), 1)[0].lower()
+
+
+def test_environment_yml_matches_pyproject():
+    proj = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    want = set(proj["dependencies"]) | {r for extra in proj["optional-dependencies"].values() for r in extra}
+    text = (ROOT / "environment.yml").read_text()
+    have = {l.strip() for l in re.findall(r"^ {6}- (\S.*)$", text, re.M) if not l.startswith("-e")}
+    assert want == have, f"pyproject only: {sorted(want - have)}; environment.yml only: {sorted(have - want)}"
