@@ -44,3 +44,23 @@ def test_03_evaluation(smoke_dir):
     m = run("03_evaluation", smoke_dir)["metrics"]
     assert 2 < m["ppl_public_heldout"] < 60         # SmolLM2 on the Python reference: ~14
     assert m["n_arithmetic"] == 8 and 0 <= m["arithmetic_acc"] <= 1
+
+
+def test_10_ablation(smoke_dir):
+    r = run("10_ablation", smoke_dir)
+    m = r["metrics"]
+    assert m["n_heldout_pairs"] == 16 and m["n_train_pairs"] == 24 and m["window_first_layer"] == 21
+    assert m["avoidance_base"] >= 0.25           # the behaviour exists on held-out prompts (SmolLM2: ~0.5)
+    assert m["avoidance_benign_base"] < m["avoidance_base"]
+    assert m["gradients_computed"] == 0.0 and m["reloaded_generations_identical"] == 1.0
+    assert m["avoidance_reloaded"] == m["avoidance_ablated"]
+    assert 0 <= m["kl_neutral_nats"] < 0.5       # the paper recipe is a small edit (~0.03 nats/token)
+    assert len(r["claims"]) >= 8 and {"10_saliency", "10_avoidance_bars", "10_window_sweep"} <= set(r["figures"])
+
+
+def test_20_kfac(smoke_dir):
+    m = run("20_kfac", smoke_dir)["metrics"]
+    assert m["kfac_single_token_max_rel_err"] < 1e-3     # A ⊗ G is exact for one token
+    assert m["n_layers_factored"] == 210 and m["n_tokens"] > 0
+    assert 0 <= m["high_energy_random"] <= 0.3             # a random delta spreads ~uniformly (10% of the grid)
+    assert m["finetune_loss_canary_last"] < m["finetune_loss_canary_first"]

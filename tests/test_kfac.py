@@ -1,0 +1,82 @@
+import pytest, torch
+import torch.nn.functional as F
+from ortho_nbs.models import tiny_model, tiny_tokenizer, TINY_FAMILIES
+from ortho_nbs.kfac import (kfac_factors, linear_modules, lm_batches, target_mask, kronecker_eigenbasis, project_delta,
+                            curvature_split, curvature_grid, kfac_quadratic, exact_fisher_quadratic, save_factors,
+                            load_factors, layer_weight, _brute_force_factors)
+
+TEXT = ["the quick brown fox jumps over the lazy dog"] * 3
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_factors_equal_brute_force_expectations(family):
+    m, tok = tiny_model(family), tiny_tokenizer()
+    bs = lm_batches(tok, TEXT, seq_len=12, batch_size=2)
+    fac = kfac_factors(m, bs, progress=False)
+    for name in list(fac)[:3]:
+        mod = linear_modules(m)[name]
+        pairs = [_brute_force_factors(m, b, name, mod) for b in bs]
+        a = torch.cat([p[0] for p in pairs]); g = torch.cat([p[1] for p in pairs])
+        if getattr(mod, "bias", None) is not None: a = torch.cat([a, torch.ones(len(a), 1)], 1)
+        torch.testing.assert_close(fac[name]["A"], a.T @ a / len(a), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(fac[name]["G"], g.T @ g / len(g), atol=1e-7, rtol=1e-4)
+    for f in fac.values():
+        for k in ("A", "G"):
+            assert torch.equal(f[k], f[k].T) or torch.allclose(f[k], f[k].T, atol=1e-7)
+            assert torch.linalg.eigvalsh(f[k].double()).min() > -1e-6
+
+
+def test_single_token_kronecker_is_exact_fisher():
+    m = tiny_model(); name = "1.mlp.down_proj"; mod = linear_modules(m)[name]
+    one = dict(input_ids=torch.tensor([[7, 30]]), attention_mask=torch.ones(1, 2, dtype=torch.long))
+    f = kfac_factors(m, [one], modules={name: mod}, progress=False)[name]
+    loss = F.cross_entropy(m(**one).logits[0, :1], one["input_ids"][0, 1:], reduction="sum")
+    gW = torch.autograd.grad(loss, mod.weight)[0].flatten()
+    torch.testing.assert_close(torch.kron(f["G"], f["A"]), torch.outer(gW, gW), atol=1e-8, rtol=1e-5)
+
+
+def test_ema_and_true_fisher_options():
+    m, tok = tiny_model(), tiny_tokenizer()
+    bs = lm_batches(tok, TEXT, seq_len=8, batch_size=1)
+    name = "3.mlp.up_proj"; mods = {name: linear_modules(m)[name]}
+    exact = kfac_factors(m, bs, mods, progress=False)[name]
+    ema = kfac_factors(m, bs, mods, ema=0.95, progress=False)[name]
+    # with identical batches the EMA of batch means equals the mean
+    same = [bs[0]] * 4
+    torch.testing.assert_close(kfac_factors(m, same, mods, ema=0.95, progress=False)[name]["A"],
+                               kfac_factors(m, same, mods, progress=False)[name]["A"], atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(ema["A"], exact["A"])
+    t1 = kfac_factors(m, bs, mods, fisher="true", seed=1, progress=False)[name]["G"]
+    t2 = kfac_factors(m, bs, mods, fisher="true", seed=1, progress=False)[name]["G"]
+    assert torch.equal(t1, t2) and not torch.allclose(t1, exact["G"])
+    with pytest.raises(ValueError, match="supported"): kfac_factors(m, bs, mods, fisher="mc")
+    with pytest.raises(ValueError, match="decay"): kfac_factors(m, bs, mods, ema=1.5)
+
+
+def test_split_sums_back_and_basis_orthonormal():
+    g = torch.Generator().manual_seed(0)
+    X, Y = torch.randn(100, 7, generator=g), torch.randn(100, 5, generator=g)
+    b = kronecker_eigenbasis(X.T @ X, Y.T @ Y, damping=1e-3)
+    dW = torch.randn(5, 7, generator=g)
+    for kw in (dict(fraction=0.3), dict(tau=float(curvature_grid(b).median()))):
+        sp = curvature_split(dW, b, **kw)
+        torch.testing.assert_close(sp["high"] + sp["low"], dW)
+        assert 0 < sp["high_energy_fraction"] < 1
+    C = project_delta(dW, b)
+    torch.testing.assert_close((b["U_G"] @ C @ b["U_A"].T).float(), dW, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"\(d_out, d_in\) = \(5, 7\)"): project_delta(dW.T, b)
+
+
+def test_kfac_quadratic_is_kronecker_form():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(4, 4, generator=g); A = A @ A.T; G = torch.randn(3, 3, generator=g); G = G @ G.T
+    D = torch.randn(3, 4, generator=g)
+    ref = D.double().flatten() @ torch.kron(G, A).double() @ D.double().flatten()
+    assert abs(kfac_quadratic(D, A, G) - ref.item()) < 1e-8 * abs(ref.item())
+
+
+def test_factors_roundtrip(tmp_path):
+    m, tok = tiny_model(), tiny_tokenizer()
+    fac = kfac_factors(m, lm_batches(tok, TEXT, 8, 2), ["mlp.down_proj"], progress=False)
+    back = load_factors(save_factors(fac, tmp_path / "f.safetensors"))
+    assert set(back) == set(fac) and all(torch.equal(back[n]["G"], fac[n]["G"]) and back[n]["n"] == fac[n]["n"] for n in fac)
