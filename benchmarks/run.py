@@ -1,0 +1,113 @@
+"""Speed and memory of ortho-nbs, as ratios measured in one run on one machine (never asserted in tests).
+
+    .venv/bin/python benchmarks/run.py [--quick] [--device cpu|cuda|auto]
+
+Writes benchmarks/results.json (flat keys) and benchmarks/results.md (a table with the machine's description).
+"""
+import argparse, json, os, platform, shutil, statistics, subprocess, sys, tempfile, time
+from pathlib import Path
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timeit(fn, repeat=3):
+    "Median wall time of `fn()` over `repeat` runs after one warm-up."
+    fn()
+    ts = []
+    for _ in range(repeat):
+        if torch.cuda.is_available(): torch.cuda.synchronize()
+        t0 = time.perf_counter(); fn()
+        if torch.cuda.is_available(): torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def matmul_peak_flops(device, n=2048, dtype=torch.float32):
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    t = timeit(lambda: a @ b, repeat=5)
+    return 2 * n ** 3 / t
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer prompts and tokens (about a minute)")
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args(argv)
+    from ortho_nbs.models import load_model, packaged_gguf, resolve_device
+    from ortho_nbs.hooks import residual_states, encode_prompts, with_positions, batches
+    from ortho_nbs.data import public_text_chunks, public_documents
+    from ortho_nbs.kfac import kfac_factors, lm_batches, target_mask
+    from ortho_nbs.ablation import behaviour_directions, aggregate_direction, target_layers, orthogonalize_, restore_
+    dev = resolve_device(a.device)
+    out = dict(machine=platform.platform(), processor=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
+               torch=torch.__version__, torch_threads=torch.get_num_threads(), device=str(dev),
+               gpu=torch.cuda.get_device_name(0) if dev.type == "cuda" else None)
+
+    # 5. model load: GGUF dequantisation vs the cached safetensors copy
+    from transformers import AutoModelForCausalLM
+    gguf, _ = packaged_gguf("smollm2-135m-instruct")
+    t0 = time.perf_counter(); AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    out["gguf_load_s"] = time.perf_counter() - t0
+    load_model("smollm2-135m-instruct", device=dev)
+    t0 = time.perf_counter(); model, tok = load_model("smollm2-135m-instruct", device=dev); out["cached_load_s"] = time.perf_counter() - t0
+
+    n_prompts = 32 if a.quick else 96
+    prompts = public_text_chunks(n_prompts, n_chars=300, seed=0)
+
+    # 1. residual-stream capture of all layers vs a bare no-grad forward over the same batches
+    def bare():
+        with torch.no_grad():
+            for c in batches(prompts, 16): model(**with_positions(encode_prompts(tok, c, device=dev)), use_cache=False)
+    t_bare = timeit(bare); t_cap = timeit(lambda: residual_states(model, tok, prompts, batch_size=16, progress=False))
+    out.update(forward_s=t_bare, capture_s=t_cap, capture_over_forward=t_cap / t_bare)
+
+    # 4. forward throughput vs this machine's fp32 matmul peak
+    n_tok = sum(int(encode_prompts(tok, c)["attention_mask"].sum()) for c in batches(prompts, 16))
+    n_params = sum(p.numel() for p in model.parameters())
+    peak = matmul_peak_flops(dev)
+    out.update(forward_tokens_per_s=n_tok / t_bare, matmul_peak_gflops=peak / 1e9,
+               forward_fraction_of_matmul_peak=2 * n_params * n_tok / t_bare / peak)
+
+    # 2. direction + orthogonalisation of all target layers, and peak RSS of the pipeline
+    H = residual_states(model, tok, prompts, progress=False)
+    def direction_and_edit():
+        d = behaviour_directions(H[: n_prompts // 2], H[n_prompts // 2:])
+        u = aggregate_direction(d["v"], d["saliency"], target_layers(H.shape[1]))
+        restore_(model, orthogonalize_(model, u, target_layers(H.shape[1])))
+    out["direction_and_orthogonalize_s"] = timeit(direction_and_edit)
+    import resource
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["model_fp32_mb"] = n_params * 4 / 2 ** 20
+
+    # 3. K-FAC factor accumulation vs a plain forward+backward over the same batches
+    seqs = 8 if a.quick else 32
+    lb = lm_batches(tok, public_documents(split="train"), 128, 8, seqs)
+    lb = [{k: v.to(dev) for k, v in b.items()} for b in lb]
+    def fwd_bwd():
+        for b in lb:
+            m = target_mask(b)
+            F.cross_entropy(model(**b, use_cache=False).logits[m], torch.roll(b["input_ids"], -1, 1)[m]).backward()
+        model.zero_grad(set_to_none=True)
+    t_fb = timeit(fwd_bwd, repeat=2); t_k = timeit(lambda: kfac_factors(model, lb, progress=False), repeat=2)
+    out.update(fwd_bwd_s=t_fb, kfac_s=t_k, kfac_over_fwd_bwd=t_k / t_fb, kfac_tokens=seqs * 127)
+    # 6. whole reproductions, from the runner's records
+    for prof in ("smoke", "paper"):
+        runs = sorted((ROOT / "runs").glob(f"{prof}-*/summary.json")) + ([ROOT / "results" / "paper_summary.json"] if prof == "paper" else [])
+        runs = [r for r in runs if r.exists()]
+        if runs:
+            s = json.loads(runs[-1].read_text())
+            out[f"{prof}_total_s"] = s["total_s"]
+            out[f"{prof}_peak_memory_mb"] = max((n.get("peak_memory_mb") or 0) for n in s["notebooks"])
+        else: out[f"{prof}_total_s"] = None
+
+    (ROOT / "benchmarks" / "results.json").write_text(json.dumps(out, indent=1))
+    rows = [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in out.items()]
+    md = "# ortho-nbs benchmarks\n\n| key | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
+    (ROOT / "benchmarks" / "results.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
