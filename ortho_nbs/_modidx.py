@@ -115,4 +115,8 @@ d = { 'settings': { 'branch': 'main',
                                   'ortho_nbs.runner.notebook_parameters': ('runner.html#notebook_parameters', 'ortho_nbs/runner.py'),
                                   'ortho_nbs.runner.notebooks': ('runner.html#notebooks', 'ortho_nbs/runner.py'),
                                   'ortho_nbs.runner.plan': ('runner.html#plan', 'ortho_nbs/runner.py'),
-                                  'ortho_nbs.runner.reproduce': ('runner.html#reproduce', 'ortho_nbs/runner.py')}}}
+                                  'ortho_nbs.runner.reproduce': ('runner.html#reproduce', 'ortho_nbs/runner.py')},
+            'ortho_nbs.spectra': { 'ortho_nbs.spectra.block_hvp': ('spectra.html#block_hvp', 'ortho_nbs/spectra.py'),
+                                   'ortho_nbs.spectra.density_on_grid': ('spectra.html#density_on_grid', 'ortho_nbs/spectra.py'),
+                                   'ortho_nbs.spectra.lanczos': ('spectra.html#lanczos', 'ortho_nbs/spectra.py'),
+                                   'ortho_nbs.spectra.slq_density': ('spectra.html#slq_density', 'ortho_nbs/spectra.py')}}}

@@ -64,3 +64,9 @@ def test_20_kfac(smoke_dir):
     assert m["n_layers_factored"] == 210 and m["n_tokens"] > 0
     assert 0 <= m["high_energy_random"] <= 0.3             # a random delta spreads ~uniformly (10% of the grid)
     assert m["finetune_loss_canary_last"] < m["finetune_loss_canary_first"]
+
+
+def test_21_spectra(smoke_dir):
+    m = run("21_spectra", smoke_dir)["metrics"]
+    assert m["slq_vs_exact_max_abs_err"] < 1e-8 and m["slq_vs_exact_tiny_hessian"] < 1e-4
+    assert m["n_block_params"] == 576 * 1536 and m["top_eig_before"] > 0
