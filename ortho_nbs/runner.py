@@ -85,6 +85,15 @@ def _publish(executed: Path, target: Path):
     clean_nb(nb, allowed_cell_metadata_keys=cfg.get("allowed_cell_metadata_keys") or [], clean_ids=cfg.clean_ids)
     target.write_text(json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n")
 
+def _publish_summary(summary: dict, path: Path, partial: bool):
+    "Write the run record beside the results; a partial re-run (--only) replaces only its notebooks' entries."
+    if partial and path.exists():
+        old, rerun = json.loads(path.read_text()), {n["notebook"] for n in summary["notebooks"]}
+        kept = [n for n in old["notebooks"] if n["notebook"] not in rerun]
+        summary = summary | dict(notebooks=sorted(kept + summary["notebooks"], key=lambda n: n["notebook"]))
+        summary["total_s"] = round(sum(n["seconds"] for n in summary["notebooks"]), 1)
+    path.write_text(json.dumps(summary, indent=1))
+
 def reproduce(profile: str = "paper", only: list[str] | None = None, out: str | Path | None = None,
               root: str | Path | None = None, publish: bool | None = None, kernel: str = "python3") -> dict:
     "Run the notebooks of `profile` in order; returns the run summary (also written to <run folder>/summary.json)."
@@ -119,7 +128,7 @@ def reproduce(profile: str = "paper", only: list[str] | None = None, out: str | 
         print(f"[ortho-nbs] {nb.name} done in {secs:.0f} s", flush=True)
     summary["total_s"] = round(time.perf_counter() - t_all, 1)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    if publish: (data_dir / "results" / f"{profile}_summary.json").write_text(json.dumps(summary, indent=1))
+    if publish: _publish_summary(summary, data_dir / "results" / f"{profile}_summary.json", partial=bool(only))
     return summary
 
 # %% ../nbs/05_runner.ipynb #e201308d

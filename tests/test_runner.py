@@ -28,3 +28,14 @@ def test_undeclared_parameter_refused(tmp_path):
     shutil.copytree(root / "nbs", tmp_path / "nbs")
     (tmp_path / "settings.ini").write_text("[smoke]\n03_evaluation.n_arithmatic = 3\n")
     with pytest.raises(ValueError, match="declares only: .*n_arithmetic"): plan("smoke", root=tmp_path)
+
+
+def test_partial_rerun_keeps_other_notebooks_in_summary(tmp_path):
+    import json
+    from ortho_nbs.runner import _publish_summary
+    p = tmp_path / "paper_summary.json"
+    full = dict(total_s=30.0, notebooks=[dict(notebook="00_a", seconds=10.0), dict(notebook="10_b", seconds=20.0)])
+    _publish_summary(full, p, partial=False)
+    _publish_summary(dict(total_s=5.0, notebooks=[dict(notebook="10_b", seconds=5.0)]), p, partial=True)
+    s = json.loads(p.read_text())
+    assert [n["seconds"] for n in s["notebooks"]] == [10.0, 5.0] and s["total_s"] == 15.0
