@@ -7,7 +7,6 @@ Writes benchmarks/results.json (flat keys) and benchmarks/results.md (a table wi
 import argparse, json, os, platform, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +37,7 @@ def main(argv=None):
     from ortho_nbs.models import load_model, packaged_gguf, resolve_device
     from ortho_nbs.hooks import residual_states, encode_prompts, with_positions, batches
     from ortho_nbs.data import public_text_chunks, public_documents
-    from ortho_nbs.kfac import kfac_factors, lm_batches, target_mask
+    from ortho_nbs.kfac import kfac_factors, lm_batches, next_token_loss
     from ortho_nbs.ablation import behaviour_directions, aggregate_direction, target_layers, orthogonalize_, restore_
     dev = resolve_device(a.device)
     out = dict(machine=platform.platform(), processor=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
@@ -86,9 +85,7 @@ def main(argv=None):
     lb = lm_batches(tok, public_documents(split="train"), 128, 8, seqs)
     lb = [{k: v.to(dev) for k, v in b.items()} for b in lb]
     def fwd_bwd():
-        for b in lb:
-            m = target_mask(b)
-            F.cross_entropy(model(**b, use_cache=False).logits[m], torch.roll(b["input_ids"], -1, 1)[m]).backward()
+        for b in lb: next_token_loss(model(**b, use_cache=False).logits, b).backward()
         model.zero_grad(set_to_none=True)
     t_fb = timeit(fwd_bwd, repeat=2); t_k = timeit(lambda: kfac_factors(model, lb, progress=False), repeat=2)
     out.update(fwd_bwd_s=t_fb, kfac_s=t_k, kfac_over_fwd_bwd=t_k / t_fb, kfac_tokens=seqs * 127)

@@ -80,3 +80,14 @@ def test_factors_roundtrip(tmp_path):
     fac = kfac_factors(m, lm_batches(tok, TEXT, 8, 2), ["mlp.down_proj"], progress=False)
     back = load_factors(save_factors(fac, tmp_path / "f.safetensors"))
     assert set(back) == set(fac) and all(torch.equal(back[n]["G"], fac[n]["G"]) and back[n]["n"] == fac[n]["n"] for n in fac)
+
+
+def test_grads_only_for_restores_flags_even_on_error():
+    from ortho_nbs.kfac import grads_only_for
+    m = tiny_model(); w = linear_modules(m)["0.mlp.up_proj"].weight
+    before = [p.requires_grad for p in m.parameters()]
+    with pytest.raises(RuntimeError):
+        with grads_only_for(m, [w]):
+            assert [p for p in m.parameters() if p.requires_grad] == [w]
+            raise RuntimeError("boom")
+    assert [p.requires_grad for p in m.parameters()] == before
