@@ -29,6 +29,49 @@ def matmul_peak_flops(device, n=2048, dtype=torch.float32):
     return 2 * n ** 3 / t
 
 
+def curvlinops_comparison(repeat=3):
+    """Our kfac_factors vs curvlinops' KFACLinearOperator (empirical Fisher, KFAC-expand) on a tiny model and the same batches.
+
+    Conventions: both take A = mean over tokens of a a^T; curvlinops' G is the sum over tokens of g g^T for a loss with
+    reduction='sum', ours the mean, so we divide theirs by the number of tokens before comparing."""
+    try:
+        from curvlinops import KFACLinearOperator
+    except ImportError:
+        return dict(kfac_curvlinops_over_ours=None, kfac_curvlinops_note="curvlinops-for-pytorch is not installed")
+    from torch import nn
+    from ortho_nbs.models import tiny_model, tiny_tokenizer
+    from ortho_nbs.kfac import kfac_factors, linear_modules, lm_batches
+    model, tok = tiny_model("llama", n_layers=4, d_model=64), tiny_tokenizer()
+    text = ["the quick brown fox jumps over the lazy dog, then naps in the warm afternoon sun"] * 40
+    batches = lm_batches(tok, text, seq_len=64, batch_size=8)
+    mods = linear_modules(model)
+
+    class NextToken(nn.Module):                      # logits as (batch, vocab, positions) for CrossEntropyLoss
+        def __init__(self, m): super().__init__(); self.m = m
+        def forward(self, x): return self.m(input_ids=x, use_cache=False).logits.transpose(1, 2)
+    wrapped = NextToken(model)
+    data = [(b["input_ids"][:, :-1], b["input_ids"][:, 1:]) for b in batches]   # the positions with a next token
+    ours_in = [dict(input_ids=torch.cat([x, y[:, -1:]], 1), attention_mask=torch.ones(x.shape[0], x.shape[1] + 1, dtype=torch.long)) for x, y in data]
+    params = [m.weight for m in mods.values()]
+    def theirs():
+        op = KFACLinearOperator(wrapped, nn.CrossEntropyLoss(reduction="sum"), params, data, fisher_type="empirical",
+                                kfac_approx="expand", check_deterministic=False, separate_weight_and_bias=True)
+        op.compute_kronecker_factors(); return op
+    t_ours = timeit(lambda: kfac_factors(model, ours_in, modules=mods, progress=False), repeat)
+    t_theirs = timeit(theirs, repeat)
+    ours, op = kfac_factors(model, ours_in, modules=mods, progress=False), theirs()
+    names = {id(m): n for n, m in wrapped.named_modules()}
+    n_tok = sum(x.numel() for x, _ in data); err = 0.0
+    for n, m in mods.items():
+        A_t, G_t = op._input_covariances[names[id(m)]], op._gradient_covariances[names[id(m)]] / n_tok
+        for mine, theirs_ in ((ours[n]["A"], A_t), (ours[n]["G"], G_t)):
+            err = max(err, ((mine.double() - theirs_.double()).abs().max() / theirs_.double().abs().max()).item())
+    import curvlinops
+    return dict(kfac_curvlinops_over_ours=t_theirs / t_ours, kfac_curvlinops_max_rel_diff=err, kfac_ours_tiny_s=t_ours,
+                kfac_curvlinops_tiny_s=t_theirs, curvlinops_version=__import__("importlib.metadata").metadata.version("curvlinops-for-pytorch"),
+                kfac_curvlinops_setting=f"tiny llama 4x64, {len(data)} batches of {tuple(data[0][0].shape)} tokens, {len(mods)} linear layers")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer prompts and tokens (about a minute)")
@@ -89,6 +132,7 @@ def main(argv=None):
         model.zero_grad(set_to_none=True)
     t_fb = timeit(fwd_bwd, repeat=2); t_k = timeit(lambda: kfac_factors(model, lb, progress=False), repeat=2)
     out.update(fwd_bwd_s=t_fb, kfac_s=t_k, kfac_over_fwd_bwd=t_k / t_fb, kfac_tokens=seqs * 127)
+    out.update(curvlinops_comparison())
     # 6. whole reproductions, from the runner's records
     for prof in ("smoke", "paper"):
         runs = sorted((ROOT / "runs").glob(f"{prof}-*/summary.json")) + ([ROOT / "results" / "paper_summary.json"] if prof == "paper" else [])

@@ -70,3 +70,27 @@ def test_21_spectra(smoke_dir):
     m = run("21_spectra", smoke_dir)["metrics"]
     assert m["slq_vs_exact_max_abs_err"] < 1e-8 and m["slq_vs_exact_tiny_hessian"] < 1e-4
     assert m["n_block_params"] == 576 * 1536 and m["top_eig_before"] > 0
+
+
+def test_30_ogd(smoke_dir):
+    r = run("30_ogd", smoke_dir)
+    m = r["metrics"]
+    assert m["n_canaries"] == 8 and m["canary_extraction_base"] == 0.0      # nobody guesses a 6-digit secret
+    assert 0 <= m["exposure_base"] < 10 and m["ppl_public_base"] < 60
+    assert m["private_share_in_sgen_ogd"] < 1e-6                           # OGD keeps the private update out of S_gen
+    assert 0 <= m["eta_plain"] <= 1 and 0 <= m["eta_ogd"] <= 1
+    assert {"30_finetune_loss", "30_split_sweep", "30_hessian_gen_mem"} <= set(r["figures"]) and len(r["claims"]) == 6
+
+
+def test_31_lmc(smoke_dir):
+    m = run("31_lmc", smoke_dir)["metrics"]
+    assert m["n_points"] == 3 and m["lmc_barrier_base_clean"] >= 0 and m["lmc_chord_barrier_base_finetuned"] >= 0
+    assert abs(m["public_loss_base"] - m["public_loss_finetuned"]) < 1.0     # four smoke steps move the loss a little
+
+
+def test_40_transfer(smoke_dir):
+    r = run("40_transfer", smoke_dir)
+    m = r["metrics"]
+    assert m["n_pairs"] > 300 and 0 < m["cka_max"] <= 1
+    assert m["r2_heldout_best_pair"] > 0.2         # even 20 texts give a map that explains part of the target states
+    assert 0 <= m["n_behaviours_verified"] <= 3 and len(r["claims"]) == 3

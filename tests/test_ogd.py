@@ -1,0 +1,95 @@
+import math, pytest, torch
+from ortho_nbs.models import tiny_model, tiny_tokenizer
+from ortho_nbs.kfac import linear_modules, layer_weight, kronecker_eigenbasis, project_delta, curvature_grid, finetune
+from ortho_nbs.ogd import (exposure, flat_subspace_mask, ogd_project, kfac_split, attributed_finetune, svd_split,
+                           magnitude_prune, diagonal_split, entanglement, with_deltas, _secret_positions)
+from ortho_nbs.data import canaries
+
+G = torch.Generator().manual_seed(0)
+SRC = dict(public=["the quick brown fox jumps over the lazy dog"] * 4, private=["abc abc abc 1 2 3"] * 4)
+
+
+def basis(d_in=6, d_out=4):
+    X, Y = torch.randn(300, d_in, generator=G), torch.randn(300, d_out, generator=G)
+    return kronecker_eigenbasis(X.T @ X / 300, Y.T @ Y / 300)
+
+
+def test_ogd_projected_gradient_has_no_component_in_sgen():
+    b = basis(); mask = flat_subspace_mask(b, 0.5)
+    assert int(mask.sum()) == 12 and curvature_grid(b)[mask].max() <= curvature_grid(b)[~mask].min()
+    g = torch.randn(4, 6, generator=G, dtype=torch.float64)
+    pg = ogd_project(g, b, mask)
+    assert project_delta(pg, b)[mask].abs().max() < 1e-12
+    torch.testing.assert_close(project_delta(pg, b)[~mask], project_delta(g, b)[~mask])
+    torch.testing.assert_close(ogd_project(pg, b, mask), pg)                       # idempotent
+    torch.testing.assert_close(kfac_split(g, b, 0.5)["high"], pg)                  # the split's sharp half = what OGD passes
+
+
+def test_ogd_finetune_keeps_private_update_out_of_sgen():
+    m, tok = tiny_model(), tiny_tokenizer()
+    mods = linear_modules(m, include=["mlp.down_proj"], layers=[2, 3])
+    bases = {n: basis(layer_weight(x).shape[1], layer_weight(x).shape[0]) for n, x in mods.items()}
+    masks = {n: flat_subspace_mask(b, 0.5) for n, b in bases.items()}
+    r = attributed_finetune(m, tok, SRC, mods, steps=4, lr=1e-2, batch_size=2, progress=False,
+                            project=dict(private=lambda n, g: ogd_project(g, bases[n], masks[n])))
+    for n in mods:
+        C = project_delta(r["parts"]["private"][n], bases[n])
+        assert C[masks[n]].abs().max() < 1e-5 * C.abs().max()
+        torch.testing.assert_close(r["parts"]["public"][n] + r["parts"]["private"][n], r["delta"][n], atol=1e-6, rtol=1e-5)
+
+
+def test_single_source_is_plain_adam():
+    m2, m3, tok = tiny_model(), tiny_model(), tiny_tokenizer()
+    mods2, mods3 = (linear_modules(m, include=["mlp.down_proj"], layers=[3]) for m in (m2, m3))
+    r2 = attributed_finetune(m2, tok, dict(public=SRC["public"]), mods2, steps=5, lr=1e-2, batch_size=4, progress=False)
+    r3 = finetune(m3, tok, SRC["public"], mods3, steps=5, lr=1e-2, batch_size=4, progress=False)
+    for n in mods2: torch.testing.assert_close(r2["delta"][n], r3["delta"][n], atol=1e-6, rtol=1e-4)
+
+
+def test_svd_split_sums_back_and_keeps_energy():
+    dW = torch.randn(30, 20, generator=G)
+    for e in (0.5, 0.9, 0.99):
+        s = svd_split(dW, e)
+        torch.testing.assert_close(s["gen"] + s["mem"], dW)
+        assert s["gen"].pow(2).sum() / dW.pow(2).sum() >= e - 1e-5 and s["energy"] >= e
+        assert abs((s["gen"] * s["mem"]).sum()) < 1e-3                         # orthogonal: eta = 0 by construction
+    assert svd_split(torch.zeros(3, 2), 0.9)["k"] == 0
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\]"): svd_split(dW, 0)
+
+
+def test_pruning_and_diagonal_split():
+    dW = torch.randn(10, 8, generator=G)
+    p = magnitude_prune(dW, 0.9); kept = p.pow(2).sum() / dW.pow(2).sum()
+    assert 0.9 <= kept and (p != 0).sum() < dW.numel()
+    d = diagonal_split(dW, torch.rand(10, 8, generator=G), 0.25)
+    torch.testing.assert_close(d["high"] + d["low"], dW); assert int((d["high"] != 0).sum()) == 20
+    with pytest.raises(ValueError, match="does not match"): diagonal_split(dW, torch.rand(8, 10), 0.25)
+
+
+def test_entanglement():
+    a = torch.randn(5, 4, generator=G)
+    assert entanglement({"x": a}, {"x": -3 * a}) == pytest.approx(1.0)
+    b = torch.randn(5, 4, generator=G); b -= (a * b).sum() / (a * a).sum() * a
+    assert entanglement({"x": a}, {"x": b}) < 1e-6
+    with pytest.raises(ValueError, match="zero delta"): entanglement({"x": a}, {"x": 0 * a})
+    with pytest.raises(ValueError, match="different layers"): entanglement({"x": a}, {"y": a})
+
+
+def test_exposure_extremes():
+    lp = torch.full((1, 3, 10), -10.0); lp[0, [0, 1, 2], [4, 2, 7]] = 0.0
+    assert exposure(lp, ["4-2-7"]).item() == pytest.approx(3 * math.log2(10))
+    lp2 = torch.log_softmax(torch.arange(10.0).repeat(1, 3, 1), -1)
+    assert exposure(lp2, ["0-0-0"]).item() == pytest.approx(0.0, abs=1e-9)     # the least likely string: rank 10^3
+    assert exposure(lp2, ["9-9-9"]).item() == pytest.approx(3 * math.log2(10))
+
+
+def test_with_deltas_restores():
+    m = tiny_model(); mods = linear_modules(m, include=["mlp.down_proj"], layers=[1])
+    base = {n: layer_weight(x).detach().clone() for n, x in mods.items()}
+    d = {n: torch.ones_like(w) for n, w in base.items()}
+    with with_deltas(mods, base, d):
+        for n, x in mods.items(): torch.testing.assert_close(layer_weight(x), base[n] + 1)
+    for n, x in mods.items(): assert torch.equal(layer_weight(x), base[n])
+    with pytest.raises(ValueError, match="delta for"):
+        with with_deltas(mods, base, {n: torch.ones(2, 2) for n in base}): pass
+    for n, x in mods.items(): assert torch.equal(layer_weight(x), base[n])
