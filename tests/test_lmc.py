@@ -1,6 +1,7 @@
 import pytest, torch
 from ortho_nbs.models import tiny_model, tiny_tokenizer
-from ortho_nbs.lmc import interpolate, loss_barrier, linear_barrier, interpolation_curve, mean_token_loss
+from ortho_nbs.lmc import interpolate, loss_barrier, linear_barrier, interpolation_curve
+from ortho_nbs.ogd import mean_token_loss
 
 
 def states():
