@@ -50,3 +50,16 @@ def test_environment_yml_matches_pyproject():
     text = (ROOT / "environment.yml").read_text()
     have = {l.strip() for l in re.findall(r"^ {6}- (\S.*)$", text, re.M) if not l.startswith("-e")}
     assert want == have, f"pyproject only: {sorted(want - have)}; environment.yml only: {sorted(have - want)}"
+
+
+def test_papermill_parses_every_parameter():
+    "papermill reads each parameters cell line by line; a comment it cannot parse hides that parameter from its checks."
+    import json
+    import papermill.translators as T
+    for p in sorted((ROOT / "nbs").glob("*.ipynb")):
+        for c in json.loads(p.read_text())["cells"]:
+            if "parameters" not in c["metadata"].get("tags", []): continue
+            src = "".join(c["source"])
+            names = {l.split("=")[0].strip() for l in src.splitlines() if "=" in l and not l.startswith((" ", "#"))}
+            got = {x.name for x in T.PythonTranslator.inspect({"source": src})}
+            assert names <= got, f"{p.name}: papermill cannot parse {sorted(names - got)} (no '=', quotes or apostrophes in their comments)"
