@@ -79,7 +79,7 @@ def test_30_ogd(smoke_dir):
     assert 0 <= m["exposure_base"] < 10 and m["ppl_public_base"] < 60
     assert m["private_share_in_sgen_ogd"] < 1e-6                           # OGD keeps the private update out of S_gen
     assert 0 <= m["eta_plain"] <= 1 and 0 <= m["eta_ogd"] <= 1
-    assert {"30_finetune_loss", "30_split_sweep", "30_hessian_gen_mem"} <= set(r["figures"]) and len(r["claims"]) == 6
+    assert {"30_finetune_loss", "30_split_sweep", "30_hessian_gen_mem"} <= set(r["figures"]) and len(r["claims"]) == 7
 
 
 def test_31_lmc(smoke_dir):
