@@ -7,7 +7,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 
-.PHONY: setup paper smoke test clean-runs
+.PHONY: setup paper smoke test bench clean-runs
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -26,6 +26,11 @@ smoke: setup
 
 test: setup
 	$(BIN)/python -m pytest tests
+
+# curvlinops pulls backpack -> torchvision; naming $(TORCH) again keeps pip from swapping in another torch build.
+bench: setup
+	$(BIN)/python -m pip install -q -e ".[bench]" "$(TORCH)"
+	$(BIN)/python benchmarks/run.py
 
 clean-runs:
 	rm -rf runs
