@@ -27,9 +27,11 @@ smoke: setup
 test: setup
 	$(BIN)/python -m pytest tests
 
-# curvlinops pulls backpack -> torchvision; naming $(TORCH) again keeps pip from swapping in another torch build.
+# curvlinops pulls backpack -> torchvision; naming $(TORCH) again keeps pip from swapping in another torch build, and
+# a torchvision built for another torch (only backpack's examples import it) breaks `import transformers`: removed.
 bench: setup
 	$(BIN)/python -m pip install -q -e ".[bench]" "$(TORCH)"
+	$(BIN)/python -c "import torchvision" 2>/dev/null || $(BIN)/python -m pip uninstall -y -q torchvision
 	$(BIN)/python benchmarks/run.py
 
 clean-runs:
