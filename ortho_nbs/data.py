@@ -9,8 +9,8 @@ from importlib.resources import files
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['SPLITS', 'APPENDIX_A_PROBES', 'CANARY_DIGITS', 'public_documents', 'public_text_chunks', 'arithmetic_problems',
-           'extract_number', 'load_data', 'neutral_prompts', 'avoidance_pairs', 'canaries']
+__all__ = ['SPLITS', 'APPENDIX_A_PROBES', 'AVOIDANCE_SETS', 'CANARY_DIGITS', 'public_documents', 'public_text_chunks',
+           'arithmetic_problems', 'extract_number', 'load_data', 'neutral_prompts', 'avoidance_pairs', 'canaries']
 
 # %% ../nbs/02_data.ipynb #9011e612
 SPLITS = ("train", "heldout", "all")
@@ -96,12 +96,21 @@ def neutral_prompts() -> list[str]:
     return load_data("neutral_prompts")
 
 # %% ../nbs/02_data.ipynb #808aa864
-def avoidance_pairs(split: str = "train", n: int | None = None, seed: int = 0) -> list[dict]:
-    "Minimal pairs {id, category, person, avoid, benign, split}; `n` draws a seeded subset of the split."
+AVOIDANCE_SETS = {"minimal": "avoidance_minimal_pairs", "templated": "avoidance_templated"}
+
+def avoidance_pairs(split: str = "train", n: int | None = None, seed: int = 0, dataset: str = "minimal",
+                    category: str | None = None) -> list[dict]:
+    "Minimal pairs {id, category, frame, avoid, benign, split} of `dataset`; `n` draws a seeded subset of the split."
     if split not in SPLITS: raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
-    pairs = [p for p in load_data("avoidance_pairs") if split == "all" or p["split"] == split]
+    if dataset not in AVOIDANCE_SETS: raise ValueError(f"unknown avoidance data set {dataset!r}; shipped: {', '.join(AVOIDANCE_SETS)}")
+    pairs = [p for p in load_data(AVOIDANCE_SETS[dataset]) if split == "all" or p["split"] == split]
+    if category is not None:
+        known = sorted({p["category"] for p in pairs})
+        if category not in known: raise ValueError(f"no category {category!r} in {dataset}; it has: {', '.join(known)}")
+        pairs = [p for p in pairs if p["category"] == category]
+    for p in pairs: p.setdefault("frame", f"t{p.get('template', 0):02d}")   # the templated set's frame is its template
     if n is not None:
-        if not 1 <= n <= len(pairs): raise ValueError(f"n={n} pairs asked for, the {split} split has {len(pairs)}")
+        if not 1 <= n <= len(pairs): raise ValueError(f"n={n} pairs asked for, the {split} split of {dataset} has {len(pairs)}")
         pairs = sorted(random.Random(seed).sample(pairs, n), key=lambda p: p["id"])
     return pairs
 

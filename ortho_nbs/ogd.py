@@ -221,17 +221,12 @@ def libortho_finetunes(model, tokenizer, private: list[str], public: list[str], 
     Returns {'factors', 'bases', 'masks', 'plain', 'ogd', 'cached' (path), 'loaded'}; 'plain' and 'ogd' hold 'delta', 'parts' and
     'losses' as `attributed_finetune` returns them. The model's weights are left at the base."""
     from ortho_nbs.kfac import kfac_factors
-    from ortho_nbs.models import cache_dir
+    from ortho_nbs.models import cache_dir, cached_entry, _warn
     factors = kfac_factors(model, factor_batches, modules=modules, diagonal=True, seed=seed, progress=progress)
     bases = {n: kronecker_eigenbasis(f["A"], f["G"]) for n, f in factors.items()}
     masks = {n: flat_subspace_mask(b, gen_fraction) for n, b in bases.items()}
-    path = cache_dir() / "finetunes" / (_cache_key(model, private=private, public=public, modules=sorted(modules),
-        factor_ids=[b["input_ids"].tolist() for b in factor_batches], gen_fraction=gen_fraction, steps=steps, lr=lr,
-        batch_size=batch_size, seed=seed) + ".pt")
-    loaded = cache and path.exists()
-    if loaded:
-        runs = torch.load(path, weights_only=True)
-    else:
+
+    def finetune_both() -> dict:
         b32 = {n: dict(U_G=b["U_G"].float(), U_A=b["U_A"].float()) for n, b in bases.items()}
         base = {n: layer_weight(m).detach().clone() for n, m in modules.items()}
         runs, sources = {}, dict(public=public, private=private)
@@ -239,8 +234,28 @@ def libortho_finetunes(model, tokenizer, private: list[str], public: list[str], 
             with with_deltas(modules, base, None):
                 r = attributed_finetune(model, tokenizer, sources, modules, steps, lr, batch_size, seed, proj, progress=progress)
             runs[label] = dict(parts=r["parts"], losses=r["losses"])
-        if cache:                                          # parts only (the delta is their sum): ~16 bytes per weight
-            path.parent.mkdir(parents=True, exist_ok=True); tmp = path.with_suffix(".tmp")
-            torch.save(runs, tmp); os.replace(tmp, path)   # atomic: a killed run leaves no half-written file
+        return runs
+
+    # one cache entry per input: a folder holding runs.pt (parts only, the delta is their sum: ~16 bytes per weight)
+    # and manifest.json, checked on every use and rebuilt when damaged (see cached_entry in 00_models)
+    folder = cache_dir() / "finetunes" / _cache_key(model, private=private, public=public, modules=sorted(modules),
+        factor_ids=[b["input_ids"].tolist() for b in factor_batches], gen_fraction=gen_fraction, steps=steps, lr=lr,
+        batch_size=batch_size, seed=seed)
+    legacy = folder.with_name(folder.name + ".pt")      # a single file, as ortho-nbs wrote it before manifests
+    built = {}
+    def build(tmp: Path):
+        runs = None
+        if legacy.exists():
+            try: runs = torch.load(legacy, weights_only=True)
+            except Exception as e: _warn(f"ortho-nbs cache: {legacy} does not load ({type(e).__name__}); fine-tuning again")
+        if runs is None: runs = built["runs"] = finetune_both()
+        tmp.mkdir(); torch.save(runs, tmp / "runs.pt")
+    if cache:
+        cached_entry(folder, build, source="a new fine-tune")
+        legacy.unlink(missing_ok=True)
+        loaded = "runs" not in built
+        runs = torch.load(folder / "runs.pt", weights_only=True) if loaded else built["runs"]
+    else:
+        loaded, runs = False, finetune_both()
     for r in runs.values(): r["delta"] = {n: sum(p[n] for p in r["parts"].values()) for n in modules}
-    return dict(factors=factors, bases=bases, masks=masks, cached=str(path) if cache else None, loaded=loaded, **runs)
+    return dict(factors=factors, bases=bases, masks=masks, cached=str(folder / "runs.pt") if cache else None, loaded=loaded, **runs)

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['VERDICTS', 'PACKAGES', 'project_root', 'git_commit', 'package_versions', 'peak_memory_mb', 'parameters_cell',
-           'check_metrics', 'claim', 'Run']
+__all__ = ['VERDICTS', 'PACKAGES', 'OVERRIDES_ENV', 'project_root', 'git_commit', 'package_versions', 'peak_memory_mb',
+           'parameters_cell', 'check_metrics', 'claim', 'run_overrides', 'Run']
 
 # %% ../nbs/04_provenance.ipynb #7d005324
 VERDICTS = ("holds", "partly", "does not hold at this scale", "does not hold", "not tested")
@@ -86,6 +86,14 @@ def _atomic_write(path: Path, text: str):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp"); tmp.write_text(text); os.replace(tmp, path)
 
+OVERRIDES_ENV = "ORTHO_NBS_OVERRIDES"   # the runner puts each notebook's command-line overrides here (JSON)
+
+def run_overrides() -> dict:
+    "The parameters `ortho-nbs reproduce -p` overrode for the notebook running now, from $ORTHO_NBS_OVERRIDES ({} when none)."
+    try: ov = json.loads(os.environ.get(OVERRIDES_ENV) or "{}")
+    except ValueError: return {}
+    return ov if isinstance(ov, dict) else {}
+
 class Run:
     "Collects one notebook run's parameters, models, figures, metrics and claims; writes results/<notebook>.json."
     claim = staticmethod(claim)
@@ -99,7 +107,7 @@ class Run:
         self.out_dir = Path(out_dir).resolve()
         self.results_dir, self.figures_dir = self.out_dir / "results", self.out_dir / "figures"
         self.device = str(device or params.get("device", "cpu")); self.seed = seed if seed is not None else params.get("seed")
-        self.models, self.figures, self.claims = [], [], []
+        self.models, self.figures, self.claims, self.overrides = [], [], [], run_overrides()
         self.t0, self.started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
     @classmethod
@@ -118,7 +126,7 @@ class Run:
         return model
 
     def provenance(self) -> dict:
-        return dict(notebook=self.notebook, profile=self.profile, git_commit=git_commit(_root_or_cwd()),
+        return dict(notebook=self.notebook, profile=self.profile, overrides=self.overrides, git_commit=git_commit(_root_or_cwd()),
                     packages=package_versions(), models=self.models, seed=self.seed, device=self.device,
                     torch_threads=torch.get_num_threads(), platform=platform.platform(), started=self.started,
                     finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), duration_s=round(time.perf_counter() - self.t0, 2),

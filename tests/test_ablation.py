@@ -86,3 +86,48 @@ def test_opening_scores_match_a_manual_forward():
     ids = torch.cat([encode_prompts(tok, ["x"])["input_ids"][0], torch.tensor(tok("ok", add_special_tokens=False)["input_ids"])])
     with torch.no_grad(): lp = torch.log_softmax(m(ids[None]).logits[0], -1)
     assert abs(sc["logprob"][1].item() - (lp[-3, ids[-2]] + lp[-2, ids[-1]]).item()) < 1e-4
+
+
+def test_partial_weights_scale_what_a_layer_writes_along_u():
+    from ortho_nbs.ablation import recipe_weights
+    m, u = tiny_model(), _u()
+    W0 = {l: (u @ writer_weight(residual_writers(m, l)["mlp_down"])).clone() for l in (2, 3)}
+    layers, w = recipe_weights(4, 0.5, 0.2, 0.6)
+    assert layers == [2, 3] and w == pytest.approx([0.2, 0.6])
+    with ablated(m, u, layers, weights=w):
+        for l, wl in zip(layers, w):
+            assert torch.allclose(u @ writer_weight(residual_writers(m, l)["mlp_down"]), (1 - wl) * W0[l], atol=1e-5)
+    with pytest.raises(ValueError, match="one weight per layer"): orthogonalize_(m, u, [2, 3], weights=[1.0])
+
+
+def test_split_half_cosine_separates_signal_from_noise():
+    from ortho_nbs.ablation import split_half_cosine
+    g = torch.Generator().manual_seed(3)
+    Hb = torch.randn(60, 2, 24, generator=g); Ha = Hb + torch.randn(60, 2, 24, generator=g)
+    Ha[:, 1] += 3 * torch.eye(24)[5]
+    c = split_half_cosine(Ha, Hb, n_splits=12, seed=1)
+    assert c[:, 1].min() > 0.9 and c[:, 0].abs().mean() < 0.35
+    with pytest.raises(ValueError, match="at least 4"): split_half_cosine(Ha[:3], Hb[:3])
+
+
+def test_minimal_pairs_meet_the_data_bar():
+    "Issue #13's bar on the shipped pairs: >= 240 pairs, >= 8 categories, <= 3 pairs per frame, frame-disjoint split."
+    from collections import Counter
+    from ortho_nbs.data import avoidance_pairs
+    tr, ho = avoidance_pairs("train"), avoidance_pairs("heldout")
+    pairs = tr + ho
+    assert len(pairs) >= 240 and len({p["category"] for p in pairs}) >= 8 and len(ho) >= 60
+    assert max(Counter(p["frame"] for p in pairs).values()) <= 3
+    assert not {p["frame"] for p in tr} & {p["frame"] for p in ho}
+    assert len({p["avoid"] for p in pairs}) == len(pairs) and len({p["benign"] for p in pairs}) == len(pairs)
+    assert all(p["avoid"] != p["benign"] for p in pairs)
+    words = lambda s: re.findall(r"[a-z']+", s.lower())
+    grams = lambda s: {tuple(words(s)[i:i + 4]) for i in range(len(words(s)) - 3)}
+    seen = set().union(*(grams(p["avoid"]) | grams(p["benign"]) for p in tr))
+    held = [g for p in ho for g in grams(p["avoid"]) | grams(p["benign"])]
+    assert sum(g in seen for g in held) / len(held) < 0.05     # held-out wording is new (templated set: most 4-grams seen)
+    tmpl_tr, tmpl_ho = avoidance_pairs("train", dataset="templated"), avoidance_pairs("heldout", dataset="templated")
+    seen_t = set().union(*(grams(p["avoid"]) | grams(p["benign"]) for p in tmpl_tr))
+    held_t = [g for p in tmpl_ho for g in grams(p["avoid"]) | grams(p["benign"])]
+    assert sum(g in seen_t for g in held_t) / len(held_t) > 0.3
+    with pytest.raises(ValueError, match="shipped: minimal, templated"): avoidance_pairs(dataset="tofu")

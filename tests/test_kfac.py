@@ -91,3 +91,32 @@ def test_grads_only_for_restores_flags_even_on_error():
             assert [p for p in m.parameters() if p.requires_grad] == [w]
             raise RuntimeError("boom")
     assert [p.requires_grad for p in m.parameters()] == before
+
+
+def test_upper_triangle_products_and_mirror():
+    from ortho_nbs.kfac import _sym_addmm_, _mirror
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(50, 70, generator=g, dtype=torch.float64), torch.randn(50, 70, generator=g, dtype=torch.float64)
+    for leaf in (8, 33, 1000):
+        C = _sym_addmm_(torch.full((70, 70), float("nan"), dtype=torch.float64), a, beta=0.0, alpha=1.0, leaf=leaf)
+        C = _sym_addmm_(C, b, beta=0.5, alpha=2.0, leaf=leaf)
+        torch.testing.assert_close(_mirror(C), 0.5 * a.T @ a + 2 * b.T @ b, rtol=1e-12, atol=1e-12)
+
+
+def test_factors_do_not_depend_on_the_triangle_split(monkeypatch):
+    "A narrow leaf forces the recursive upper-triangle path on the tiny model; the factors stay those of the full products."
+    import ortho_nbs.kfac as K
+    m, tok = tiny_model(), tiny_tokenizer()
+    bs = lm_batches(tok, TEXT, seq_len=12, batch_size=2)
+    monkeypatch.setitem(K._SYM_LEAF, "cpu", 1 << 30); full = kfac_factors(m, bs, progress=False)
+    monkeypatch.setitem(K._SYM_LEAF, "cpu", 8); split = kfac_factors(m, bs, progress=False)
+    ema_split = kfac_factors(m, bs, ema=0.9, diagonal=True, progress=False)
+    monkeypatch.setitem(K._SYM_LEAF, "cpu", 1 << 30); ema_full = kfac_factors(m, bs, ema=0.9, diagonal=True, progress=False)
+    for x, y in ((full, split), (ema_full, ema_split)):
+        for n in x:
+            for k in ("A", "G"):
+                torch.testing.assert_close(x[n][k], y[n][k], rtol=1e-5, atol=1e-7)
+                assert torch.equal(y[n][k], y[n][k].T)
+    # q, k and v share one input: equal A, but each its own tensor
+    q, k = full["0.self_attn.q_proj"]["A"], full["0.self_attn.k_proj"]["A"]
+    assert torch.equal(q, k) and q.data_ptr() != k.data_ptr()

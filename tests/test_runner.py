@@ -1,4 +1,5 @@
 import pytest
+from pathlib import Path
 from ortho_nbs.runner import plan, load_profiles, main, notebooks
 from ortho_nbs.provenance import project_root
 
@@ -39,3 +40,93 @@ def test_partial_rerun_keeps_other_notebooks_in_summary(tmp_path):
     _publish_summary(dict(total_s=5.0, notebooks=[dict(notebook="10_b", seconds=5.0)]), p, partial=True)
     s = json.loads(p.read_text())
     assert [n["seconds"] for n in s["notebooks"]] == [10.0, 5.0] and s["total_s"] == 15.0
+
+
+# ---- overrides on the command line (issue #17, item 2) ----
+import json, shutil
+import nbformat
+from ortho_nbs import runner
+from ortho_nbs.runner import parse_overrides
+
+
+def _capture_reproduce(monkeypatch):
+    seen = {}
+    def fake(profile, only, out, root, publish, overrides=None):
+        seen.update(profile=profile, only=only, publish=publish, overrides=overrides,
+                    plan=plan(profile, only, root, overrides))   # the checks reproduce makes before any work
+        return dict(notebooks=[], total_s=0.0, results_dir="-", figures_dir="-", run_dir="-")
+    monkeypatch.setattr(runner, "reproduce", fake)
+    return seen
+
+
+def test_cli_overrides_all_forms(monkeypatch):
+    seen = _capture_reproduce(monkeypatch)
+    assert main(["reproduce", "--only", "10_ablation", "-p", "window_start", "0.6", "-p", "10.n_random=2",
+                 "-p", "ablation.opening", "No", "-p", "sweep_starts", "[0.6, 0.8]", "-p", "max_kl", "-0.5"]) == 0
+    assert seen["overrides"] == {"window_start": 0.6, "10.n_random": 2, "ablation.opening": "No",
+                                 "sweep_starts": [0.6, 0.8], "max_kl": -0.5}
+    (nb, params), = seen["plan"]
+    assert nb.stem == "10_ablation" and params["window_start"] == 0.6 and params["n_random"] == 2
+    assert params["opening"] == "No" and params["sweep_starts"] == [0.6, 0.8] and params["max_kl"] == -0.5
+
+
+def test_global_override_applies_to_every_declaring_notebook():
+    steps = dict((p.stem, pars) for p, pars in plan("smoke", only=["10_ablation", "30_ogd", "31_lmc"],
+                                                   overrides=parse_overrides([["steps", "2"], ["31.n_points=5"]])))
+    assert steps["30_ogd"]["steps"] == 2 and steps["31_lmc"]["steps"] == 2 and steps["31_lmc"]["n_points"] == 5
+    assert "steps" not in steps["10_ablation"] and "n_points" not in steps["30_ogd"]
+    scoped = dict((p.stem, pars) for p, pars in plan("smoke", only=["30", "31"], overrides={"steps": 2, "31_lmc.steps": 3}))
+    assert (scoped["30_ogd"]["steps"], scoped["31_lmc"]["steps"]) == (2, 3)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "window_strat", "0.6"], "no notebook in this run declares 'window_strat'; their parameters: 10_ablation: "
+                                    "model_name|window_start"),
+    (["-p", "10_ablation.window_strat=0.6"], "10_ablation has no parameter 'window_strat'; its parameters: model_name|window_start"),
+    (["-p", "20_kfac.n_sequences", "4"], "20_kfac is not in this run (10_ablation); add --only 20_kfac"),
+    (["-p", "99.n", "4"], "unknown notebook '99'"),
+    (["-p", "window_start", "O.6"], "-p 10_ablation.window_start 'O.6': the notebook's default is 0.7, a float"),
+    (["-p", "n_random", "2.5"], "n_random 2.5: the notebook's default is |, a int; got a float"),
+    (["-p", "opening", "42"], "quote a string"),
+    (["-p", "out_dir", "/tmp"], "out_dir is set by the runner"),
+    (["-p", "window_start"], "give -p NAME VALUE"),
+])
+def test_bad_override_refused_before_anything_runs(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    assert main(["reproduce", "--only", "10_ablation", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert all(part in err for part in message.split("|")), err
+    assert not out.exists()                                   # refused before any folder was made
+
+
+def _run_project(d):
+    "A throwaway checkout with one notebook that writes a results file through Run."
+    root = project_root()
+    (d / "nbs").mkdir(parents=True)
+    shutil.copy(root / "pyproject.toml", d / "pyproject.toml")      # nbdev's config, for publishing
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("profile = 'paper'\nout_dir = None\nn = 3", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("from ortho_nbs.provenance import Run\nrun = Run.start('01_demo', globals())\n"
+                                          "run.finish({'n': n}, [])\nprint('n is', n)")]
+    nb.metadata["kernelspec"] = dict(name="python3", display_name="python3", language="python")
+    nbformat.write(nb, d / "nbs" / "01_demo.ipynb")
+    (d / "settings.ini").write_text("[paper]\n*.n = 3\n")
+    return d
+
+
+def test_paper_run_with_overrides_goes_to_runs_and_records_them(tmp_path):
+    root = _run_project(tmp_path / "proj")
+    s = runner.reproduce("paper", root=root, overrides={"n": 5})
+    assert not (root / "results").exists()                    # not published without --publish
+    res = json.loads(Path(s["results_dir"], "01_demo.json").read_text())
+    assert Path(s["results_dir"]).parent.parent == root / "runs"
+    assert res["params"]["n"] == 5 and res["provenance"]["overrides"] == {"n": 5}
+    assert s["overrides"] == {"01_demo": {"n": 5}} and json.loads(Path(s["run_dir"], "summary.json").read_text())["overrides"]
+    s = runner.reproduce("paper", root=root, overrides={"demo.n": 6}, publish=True)      # asked for: published
+    res = json.loads((root / "results" / "01_demo.json").read_text())
+    assert res["params"]["n"] == 6 and res["provenance"]["overrides"] == {"n": 6}
+    assert "n = 6" in (root / "nbs" / "01_demo.ipynb").read_text()    # the published notebook shows the override
+    s = runner.reproduce("paper", root=root)                   # no overrides: the paper profile publishes as before
+    res = json.loads((root / "results" / "01_demo.json").read_text())
+    assert res["params"]["n"] == 3 and res["provenance"]["overrides"] == {}
+    assert "overridden" not in (root / "nbs" / "01_demo.ipynb").read_text()

@@ -1,0 +1,431 @@
+"""Build the executable paper as a static website, from the committed, executed notebooks (never re-executed).
+
+    python site/build.py                # -> _site/html/index.html  (what `make site` runs)
+    python site/build.py --out DIR      # build somewhere else (the tests build into a temporary folder)
+    python site/build.py --json         # print a machine-readable summary (warnings, pages, sizes, seconds)
+
+Steps: copy every notebook of `nbs/` into a staging folder, adjusted for reading (nbdev directives and `#| hide`
+cells dropped, an anchor before each claims table, a provenance footer from `results/<nb>.json`, very long text
+outputs shortened), write the scoreboard page from `results/*.json`, then run Sphinx with myst-nb (execution off)
+and the book theme with `site/conf.py`. Nothing in `nbs/`, `results/` or `figures/` is modified.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import html
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from io import StringIO
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE_DIR = Path(__file__).resolve().parent
+DEFAULT_OUT = ROOT / "_site"
+
+# Notebooks in the left-hand navigation, grouped; anything in nbs/ not named here goes under "More" (cli last).
+NAV_GROUPS = [
+    ("Results", ["scoreboard"]),
+    ("Foundations", ["00_models", "01_hooks", "02_data", "03_evaluation", "04_provenance", "05_runner"]),
+    ("Paper 1: targeted ablation", ["10_ablation"]),
+    ("Paper 2: LibOrtho v2.0", ["20_kfac", "21_spectra", "30_ogd", "31_lmc"]),
+    ("Paper 3: representation transfer", ["40_transfer"]),
+]
+LAST = ["cli"]   # plumbing: kept, but at the end of the navigation
+PAPERS = {"1": "Non-gradient targeted ablation", "2": "LibOrtho v2.0", "3": "Linear Representation Transferability"}
+
+MAX_TEXT_LINES = 60      # a text output longer than this is shortened to its head and tail on the page
+KEEP_HEAD, KEEP_TAIL = 40, 10
+
+VERDICTS = [("holds", "holds"), ("partly", "partly"), ("does-not-hold", "does not hold"), ("other", "other")]
+
+
+def verdict_class(v: str) -> str:
+    v = (v or "").strip().lower()
+    if v == "holds": return "holds"
+    if v == "partly": return "partly"
+    if v.startswith("does not hold"): return "does-not-hold"
+    return "other"
+
+
+def claims_anchor(nb: str) -> str:
+    "The HTML id of the anchor placed just before a notebook's claims table."
+    from docutils.nodes import make_id
+    return make_id(f"claims-{nb}")
+
+
+# --------------------------------------------------------------------------------------------------- inputs
+def notebook_order(nbs_dir: Path) -> list[str]:
+    "Page names in navigation order: index, the grouped notebooks, any others (sorted), cli last."
+    present = sorted(p.stem for p in nbs_dir.glob("*.ipynb") if not p.name.startswith("_"))
+    named = [n for _, g in NAV_GROUPS for n in g]
+    rest = [n for n in present if n not in named and n not in LAST and n != "index"]
+    order = ["index"] + [n for n in named if n in present or n == "scoreboard"] + rest + [n for n in LAST if n in present]
+    return order
+
+
+def load_results(results_dir: Path) -> dict[str, dict]:
+    "{notebook: results dict} for every results/*.json that has claims (paper_summary.json has none)."
+    out = {}
+    for p in sorted(results_dir.glob("*.json")):
+        try:
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"site: {p} is not valid JSON ({e}); is a run still writing it?")
+        if isinstance(d, dict) and "claims" in d:
+            out[p.stem] = d
+    return out
+
+
+def _git(*args) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def notebook_commits(names: list[str]) -> dict[str, tuple[str, str, bool]]:
+    "{nb: (short commit, date, modified in the working tree)} of the last commit that touched nbs/<nb>.ipynb."
+    dirty = set()
+    for line in _git("status", "--porcelain", "--", "nbs").splitlines():
+        m = re.search(r"nbs/([^/]+)\.ipynb", line)
+        if m: dirty.add(m.group(1))
+    out = {}
+    for n in names:
+        log = _git("log", "-1", "--format=%h %cs", "--", f"nbs/{n}.ipynb").split()
+        out[n] = (log[0] if log else "", log[1] if len(log) > 1 else "", n in dirty)
+    return out
+
+
+def title_of(nb: dict) -> str:
+    for c in nb["cells"]:
+        if c["cell_type"] == "markdown":
+            for line in "".join(c["source"]).splitlines():
+                if line.startswith("# "): return line[2:].strip()
+    return ""
+
+
+def paper_and_section(title: str) -> tuple[str, str]:
+    "'Paper 2, §3.2: K-FAC ...' -> ('Paper 2', '§3.2 K-FAC ...'); 'Models: ...' -> ('tooling', 'Models')."
+    m = re.match(r"Paper\s+(\d+)\s*(?:,\s*(§[^:]+))?\s*:\s*(.*)", title)
+    if m:
+        sec = " ".join(x for x in (m.group(2), m.group(3)) if x).strip()
+        return f"Paper {m.group(1)}", sec
+    return "tooling", (title.split(":")[0].strip("` ") if title else "")
+
+
+# --------------------------------------------------------------------------------------------------- staging
+def _cell(kind: str, text: str, cid: str) -> dict:
+    c = {"cell_type": kind, "id": cid, "metadata": {}, "source": text}
+    if kind == "code": c.update(outputs=[], execution_count=None)
+    return c
+
+
+def _shorten(text: str, where: str) -> str:
+    lines = text.splitlines(keepends=True)
+    if len(lines) <= MAX_TEXT_LINES: return text
+    cut = len(lines) - KEEP_HEAD - KEEP_TAIL
+    return "".join(lines[:KEEP_HEAD] + [f"... [{cut} lines not shown here; the full output is in {where}] ...\n"] + lines[-KEEP_TAIL:])
+
+
+FIG_PATH = re.compile(r"PosixPath\('([^']*/figures/([^'/]+))'\)")
+
+
+def _figure_note(paths: list[tuple[str, str]], figures_dir: Path) -> dict:
+    "An output that replaces `[PosixPath('.../figures/x.png'), ...]`: where the figure is stored and its provenance."
+    names = [name for _, name in paths]
+    stems = sorted({Path(n).stem for n in names})
+    bits = []
+    for stem in stems:
+        side = figures_dir / f"{stem}.json"
+        prov = ""
+        if side.exists():
+            try:
+                p = json.loads(side.read_text()).get("provenance", {})
+                prov = f" (profile {html.escape(str(p.get('profile', '?')))}, commit {html.escape(str(p.get('git_commit', ''))[:7])})"
+            except json.JSONDecodeError:
+                pass
+        files = ", ".join(f"<code>figures/{html.escape(n)}</code>" for n in names if Path(n).stem == stem)
+        bits.append(f"{files}{prov}")
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"text/html": f'<p class="figure-stored">Stored as {"; ".join(bits)}.</p>'}}
+
+
+def stage_notebook(nb: dict, name: str, results: dict | None, commit: tuple[str, str, bool], figures_dir: Path) -> tuple[dict, list[str]]:
+    "A reading copy of one notebook; also returns the figure files (repo-relative) its outputs name."
+    nb = copy.deepcopy(nb)
+    nb["metadata"]["language_info"] = {"name": "python", "pygments_lexer": "ipython3"}
+    cells, figure_refs = [], []
+    claims_idx = None
+    for c in nb["cells"]:
+        src = "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+        if c["cell_type"] == "code":
+            directives = [l for l in src.splitlines() if l.startswith("#|")]
+            if any(re.match(r"#\|\s*(hide|default_exp|include:\s*false)\b", d) for d in directives):
+                continue
+            c["source"] = "\n".join(l for l in src.splitlines() if not l.startswith("#|")).strip("\n")
+            if not c["source"].strip() and not c.get("outputs"):
+                continue
+            outs, notes = [], []
+            for o in c.get("outputs", []):
+                if o["output_type"] == "stream":
+                    o["text"] = _shorten("".join(o["text"]), f"nbs/{name}.ipynb")
+                elif o["output_type"] in ("execute_result", "display_data"):
+                    data = o.get("data", {})
+                    plain = "".join(data.get("text/plain", ""))
+                    figs = FIG_PATH.findall(plain)
+                    if figs and set(data) == {"text/plain"}:
+                        figure_refs += [f"figures/{n}" for _, n in figs]
+                        notes.append(_figure_note(figs, figures_dir))
+                        continue
+                    if set(data) == {"text/plain"}:
+                        data["text/plain"] = _shorten(plain, f"nbs/{name}.ipynb")
+                outs.append(o)
+            c["outputs"] = outs + notes
+            if "claims_table(" in src and results is not None:
+                claims_idx = len(cells)
+        else:
+            c["source"] = src
+        cells.append(c)
+    if results is not None:   # the scoreboard links here; without a claims_table() cell, to the provenance footer
+        at = claims_idx if claims_idx is not None else len(cells)
+        cells.insert(at, _cell("markdown", f"({claims_anchor(name)})=", f"site-claims-{name}"))
+    cells.append(_cell("markdown", provenance_footer(name, results, commit), f"site-provenance-{name}"))
+    nb["cells"] = cells
+    return nb, figure_refs
+
+
+def provenance_footer(name: str, results: dict | None, commit: tuple[str, str, bool]) -> str:
+    sha, date, dirty = commit
+    nb_line = f"`nbs/{name}.ipynb`" + (f", last committed in `{sha}` ({date})" if sha else "")
+    if dirty: nb_line += "; the working tree holds uncommitted changes to it"
+    rows = [("notebook", nb_line)]
+    if results is not None:
+        p = results.get("provenance", {})
+        pk = p.get("packages", {})
+        rows += [
+            ("results file", f"`results/{name}.json`: profile **{p.get('profile', '?')}**, commit `{str(p.get('git_commit', ''))[:10]}`"),
+            ("run", f"{p.get('started', '?')} to {p.get('finished', '?')} ({p.get('duration_s', '?')} s), "
+                    f"peak memory {p.get('peak_memory_mb', '?')} MB, device {p.get('device', '?')}, "
+                    f"{p.get('torch_threads', '?')} threads, seed {p.get('seed', '?')}"),
+            ("packages", ", ".join(f"{k} {v}" for k, v in pk.items())),
+        ]
+        models = p.get("models") or []
+        if models:
+            rows.append(("models", "; ".join(f"{m.get('name')} (sha256 `{str(m.get('sha256', ''))[:12]}`)" for m in models)))
+        if results.get("figures"):
+            rows.append(("figures", ", ".join(f"`figures/{f}.png`" for f in results["figures"])))
+    else:
+        rows.append(("results file", "none: this notebook writes no results file; its outputs are the committed ones"))
+    table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v.replace('|', '/')} |" for k, v in rows)
+    return f":::{{admonition}} Provenance\n:class: provenance\n\n{table}\n:::\n"
+
+
+def scoreboard_page(results: dict[str, dict], titles: dict[str, str], pages: set[str]) -> tuple[str, int]:
+    "The scoreboard in MyST (tables as raw HTML, coloured by verdict) and the number of claims it lists."
+    rows, counts = [], {k: 0 for k, _ in VERDICTS}
+    n = 0
+    order = {nb: i for i, nb in enumerate(notebook_order(ROOT / "nbs"))}
+    # the papers' claims first (in notebook order), the tooling's own claims last
+    ranked = sorted(results, key=lambda k: (paper_and_section(titles.get(k, ""))[0] == "tooling", order.get(k, 999), k))
+    for nb in ranked:
+        paper, section = paper_and_section(titles.get(nb, ""))
+        claims = results[nb]["claims"]
+        span = f' rowspan="{len(claims)}"' if len(claims) > 1 else ""
+        paper_cell = html.escape(paper) + (f'<br><span class="paper-name">{html.escape(PAPERS[paper.split()[-1]])}</span>'
+                                           if paper.startswith("Paper") and paper.split()[-1] in PAPERS else "")
+        link = (f'<a href="{nb}.html#{claims_anchor(nb)}">{nb}</a>' if nb in pages else html.escape(nb))
+        for i, c in enumerate(claims):
+            n += 1
+            v = str(c.get("verdict", ""))
+            k = verdict_class(v)
+            counts[k] += 1
+            first = (f'<td class="group"{span}>{paper_cell}</td><td class="group"{span}>{html.escape(section)}</td>' if i == 0 else "")
+            last = f'<td class="group"{span}>{link}</td>' if i == 0 else ""
+            rows.append(
+                f'<tr class="verdict-{k}{" first" if i == 0 else ""}" data-notebook="{html.escape(nb)}"><td class="num">{n}</td>{first}'
+                f'<td>{html.escape(str(c.get("claim", "")))}</td><td>{html.escape(str(c.get("paper", "")))}</td>'
+                f'<td>{html.escape(str(c.get("measured", "")))}</td><td>{html.escape(str(c.get("setting", "")))}</td>'
+                f'<td class="verdict"><span class="verdict-badge verdict-{k}">{html.escape(v)}</span></td>{last}</tr>')
+    badges = "".join(f'<span class="verdict-count verdict-{k}"><b>{counts[k]}</b> {label}</span>'
+                     for k, label in VERDICTS if counts[k] or k != "other")
+    head = ("<tr><th>#</th><th>paper</th><th>section</th><th>claim</th><th>the paper's number</th><th>ours</th>"
+            "<th>setting</th><th>verdict</th><th>claims table</th></tr>")
+    cols = "<colgroup>" + "".join(f'<col style="width:{w}%">' for w in (3, 9, 11, 22, 12, 19, 13, 6, 5)) + "</colgroup>"
+    files = []
+    for nb in ranked:
+        p = results[nb].get("provenance", {})
+        link = f'<a href="{nb}.html">{nb}</a>' if nb in pages else html.escape(nb)
+        files.append(f"<tr><td><code>results/{html.escape(nb)}.json</code></td><td>{link}</td>"
+                     f"<td>{html.escape(str(p.get('profile', '?')))}</td><td><code>{html.escape(str(p.get('git_commit', ''))[:10])}</code></td>"
+                     f"<td>{html.escape(str(p.get('finished', '')))}</td><td class=\"num\">{len(results[nb]['claims'])}</td></tr>")
+    summary = ROOT / "results" / "paper_summary.json"
+    summary_line = ""
+    if summary.exists():
+        try:
+            s = json.loads(summary.read_text())
+            summary_line = (f"The last full reproduction (`results/paper_summary.json`): profile **{s.get('profile', '?')}**, "
+                            f"commit `{str(s.get('git_commit', ''))[:10]}`, {float(s.get('total_s', 0)) / 60:.0f} minutes in all.\n")
+        except (json.JSONDecodeError, ValueError, TypeError):
+            pass
+    text = f"""---
+html_theme.sidebar_secondary.remove: true
+---
+
+# Scoreboard: every claim, reproduced or not
+
+Every claim of the three papers that the notebooks test (and the few claims about the tooling itself), with the
+paper's number, ours, the setting we measured it in and the verdict. This page is generated from `results/*.json`
+when the site is built; each row links to the claims table at the end of its notebook.
+
+```{{raw}} html
+<div class="verdict-counts"><span class="verdict-total"><b>{n}</b> claims</span>{badges}</div>
+```
+
+**Verdicts.** *holds*: our number meets the paper's claim at this scale; *partly*: the direction or part of the claim
+reproduces; *does not hold*: it does not at this scale (small CPU models, substitute data). The setting column says
+what "this scale" was for each claim.
+
+```{{raw}} html
+<div class="scoreboard-wrap"><table class="scoreboard" id="scoreboard">{cols}<thead>{head}</thead><tbody>
+{chr(10).join(rows)}
+</tbody></table></div>
+```
+
+## The results files
+
+Each row above comes from one of these files, written by its notebook's run; a claim is only as recent as its file.
+
+```{{raw}} html
+<table class="results-files"><thead><tr><th>file</th><th>notebook</th><th>profile</th><th>commit</th><th>finished</th><th>claims</th></tr></thead><tbody>
+{chr(10).join(files)}
+</tbody></table>
+```
+
+{summary_line}"""
+    return text, n
+
+
+def nav_label(name: str, title: str) -> str:
+    "A short navigation label: 'Models', '§3.2 K-FAC curvature and ...', 'Non-gradient ablation of ...'."
+    if name == "scoreboard": return "Scoreboard: every claim"
+    if not title: return name
+    paper, section = paper_and_section(title)
+    label = section if paper != "tooling" else title.split(":")[0]
+    label = label.replace("`", "").strip()
+    label = label[:1].upper() + label[1:]
+    if name in LAST: label = f"{name}: {label}"
+    return label.replace("<", "").replace(">", "")
+
+
+def stage_index(nb: dict, order: list[str], n_claims: int, counts_line: str, titles: dict[str, str]) -> dict:
+    "The home page: the notebook names in its table become links, a pointer to the scoreboard, the hidden toctree."
+    pages = set(order)
+    for c in nb["cells"]:
+        if c["cell_type"] == "markdown":
+            c["source"] = re.sub(r"^\| `([0-9]{2}_[A-Za-z0-9_]+)` \|",
+                                 lambda m: f"| [`{m.group(1)}`]({m.group(1)}.ipynb) |" if m.group(1) in pages else m.group(0),
+                                 c["source"], flags=re.M)
+    callout = (f":::{{admonition}} The scoreboard\n:class: tip scoreboard-callout\n\n"
+               f"{n_claims} claims, each with the paper's number, ours and a verdict: {counts_line}. "
+               f"**[Read the scoreboard](scoreboard.md)** first, then any section from the navigation on the left.\n:::\n")
+    for i, c in enumerate(nb["cells"]):   # right after the introduction: before the index's first "## " heading
+        m = re.search(r"^## ", c["source"], flags=re.M) if c["cell_type"] == "markdown" else None
+        if m:
+            c["source"] = c["source"][:m.start()] + callout + "\n" + c["source"][m.start():]
+            break
+    else:
+        nb["cells"].insert(1, _cell("markdown", callout, "site-scoreboard-callout"))
+    toc = []
+    groups = [(cap, [n for n in names if n in pages]) for cap, names in NAV_GROUPS]
+    named = {n for _, g in NAV_GROUPS for n in g}
+    more = [n for n in order if n not in named and n != "index"]
+    if more: groups.append(("More", more))
+    for cap, names in groups:
+        if names:
+            entries = "\n".join(f"{nav_label(n, titles.get(n, ''))} <{n}>" for n in names)
+            toc.append(f"```{{toctree}}\n:hidden:\n:caption: {cap}\n:maxdepth: 1\n\n{entries}\n```\n")
+    nb["cells"].append(_cell("markdown", "\n".join(toc), "site-toctree"))
+    return nb
+
+
+def stage(src: Path, root: Path = ROOT) -> dict:
+    "Write the reading copies and the scoreboard into `src`; return what the checks need."
+    nbs_dir, results_dir, figures_dir = root / "nbs", root / "results", root / "figures"
+    if src.exists(): shutil.rmtree(src)
+    src.mkdir(parents=True)
+    order = notebook_order(nbs_dir)
+    results = load_results(results_dir)
+    notebooks = {n: json.loads((nbs_dir / f"{n}.ipynb").read_text()) for n in order if n != "scoreboard"}
+    titles = {n: title_of(nb) for n, nb in notebooks.items()}
+    commits = notebook_commits(list(notebooks))
+    pages = set(order)
+    board, n_claims = scoreboard_page(results, titles, pages)
+    (src / "scoreboard.md").write_text(board)
+    counts = {k: 0 for k, _ in VERDICTS}
+    for d in results.values():
+        for c in d["claims"]: counts[verdict_class(str(c.get("verdict", "")))] += 1
+    counts_line = ", ".join(f"{counts[k]} {label}" for k, label in VERDICTS if counts[k])
+    figure_refs, n_images = {}, {}
+    for name, nb in notebooks.items():
+        staged, refs = stage_notebook(nb, name, results.get(name), commits[name], figures_dir)
+        if name == "index":
+            staged = stage_index(staged, order, n_claims, counts_line, titles)
+        figure_refs[name] = refs
+        n_images[name] = sum(1 for c in staged["cells"] for o in c.get("outputs", [])
+                             if any(k.startswith("image/") for k in o.get("data", {})))
+        (src / f"{name}.ipynb").write_text(json.dumps(staged, ensure_ascii=False, indent=1))
+    return dict(order=order, n_claims=n_claims, counts=counts, figure_refs=figure_refs, n_images=n_images,
+                titles=titles)
+
+
+# --------------------------------------------------------------------------------------------------- build
+def build(out: Path = DEFAULT_OUT, root: Path = ROOT) -> dict:
+    "Stage, then build the HTML into `out`/html. Returns a summary (warnings, pages, sizes, seconds)."
+    from sphinx.application import Sphinx
+    t0 = time.perf_counter()
+    out = Path(out).resolve()
+    src, html_dir, doctrees = out / "src", out / "html", out / "doctrees"
+    info = stage(src, root)
+    if html_dir.exists(): shutil.rmtree(html_dir)
+    status, warnings = StringIO(), StringIO()
+    app = Sphinx(str(src), str(SITE_DIR), str(html_dir), str(doctrees), "html", status=status, warning=warnings,
+                 freshenv=True, keep_going=True, verbosity=0)
+    app.build()
+    for m in (html_dir / "_static").rglob("*.map"):   # the theme's source maps: only developer tools fetch them
+        m.unlink()
+    warn_lines = [l for l in warnings.getvalue().splitlines() if l.strip()]
+    (out / "warnings.txt").write_text("\n".join(warn_lines) + ("\n" if warn_lines else ""))
+    pages = sorted(html_dir.glob("*.html"))
+    sizes = {p.name: p.stat().st_size for p in pages}
+    largest = max(sizes, key=sizes.get) if sizes else None
+    summary = dict(html=str(html_dir), seconds=round(time.perf_counter() - t0, 1), warnings=warn_lines,
+                   pages=[p.name for p in pages], largest_page=largest, largest_page_bytes=sizes.get(largest, 0),
+                   site_bytes=sum(f.stat().st_size for f in html_dir.rglob("*") if f.is_file()), **info)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: _site/)")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when the build printed any warning")
+    a = ap.parse_args(argv)
+    s = build(a.out)
+    if a.json:
+        print(json.dumps(s, default=str))
+    else:
+        for w in s["warnings"]: print("warning:", w, file=sys.stderr)
+        print(f"site: {len(s['pages'])} pages, {s['n_claims']} claims on the scoreboard, {len(s['warnings'])} warnings, "
+              f"{s['seconds']} s; largest page {s['largest_page']} ({s['largest_page_bytes'] / 1024:.0f} KiB); "
+              f"whole site {s['site_bytes'] / 2**20:.1f} MiB\nopen {Path(s['html']) / 'index.html'}")
+    return 1 if (a.strict and s["warnings"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
