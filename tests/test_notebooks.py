@@ -96,6 +96,10 @@ def test_31_lmc(smoke_dir):
 def test_40_transfer(smoke_dir):
     r = run("40_transfer", smoke_dir)
     m = r["metrics"]
-    assert m["n_pairs"] > 300 and 0 < m["cka_max"] <= 1
+    assert m["n_pairs"] > 300 and 0 < m["cka_max"] <= 1 and m["n_texts"] == 40
     assert m["r2_heldout_best_pair"] > 0.2         # even 20 texts give a map that explains part of the target states
-    assert 0 <= m["n_behaviours_verified"] <= 3 and len(r["claims"]) == 3
+    assert m["random_controls_per_cell"] == 6 and m["shuffled_maps_per_cell"] == 2
+    assert m["n_behaviours"] == 8 and 6 <= m["n_behaviours_verified"] <= 8   # 8 in the smoke run
+    assert m["linear_alpha"] in (0.05, 0.2) and 0 <= m["n_behaviours_transfer_significant"] <= m["n_behaviours_verified"]
+    assert 0 < m["sign_test_p"] <= 1 and m["sign_test_p"] <= m["sign_test_p_bonferroni"] <= 1
+    assert len(r["claims"]) == 3 and all(c["verdict"] in ("holds", "partly", "does not hold at this scale") for c in r["claims"])

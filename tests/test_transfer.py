@@ -1,7 +1,11 @@
 import numpy as np, pytest, torch
 from ortho_nbs.models import tiny_model, tiny_tokenizer
+import math
+from ortho_nbs.hooks import decoder_layers
 from ortho_nbs.transfer import (fit_affine, fit_procrustes, apply_affine, r2_score, linear_cka, aligned_positions,
-                                steered, steering_curve, propensity, steerability, BEHAVIOURS)
+                                steered, steering_curve, propensity, steerability, BEHAVIOURS, top_norm_dims,
+                                steered_propensities, secant_slopes, percentile_of, z_score, exceed_null_prob, sign_test_p,
+                                linear_range)
 
 G = torch.Generator().manual_seed(0)
 
@@ -69,6 +73,61 @@ def test_cka_invariances_and_steering_symmetry():
 
 
 def test_behaviour_sets_are_contrastive_and_disjoint():
+    from ortho_nbs.data import load_data
+    assert BEHAVIOURS == load_data("steering_behaviours") and len(BEHAVIOURS) >= 6
     for name, b in BEHAVIOURS.items():
-        assert len(b["positive"]) == len(b["negative"]) >= 16 and len(b["prompts"]) >= 24
+        assert len(b["positive"]) == len(b["negative"]) >= 16 and len(set(b["prompts"])) == len(b["prompts"]) >= 24
         assert not set(b["pos_words"]) & set(b["neg_words"])
+        for k in ("positive", "negative"):     # varied sentences: no two share their first three words
+            assert len({" ".join(t.split()[:3]) for t in b[k]}) == len(b[k]), (name, k)
+
+
+def test_r2_on_a_subset_of_dimensions():
+    Hs, Ht, _, _ = synthetic()
+    pred = apply_affine(fit_affine(Hs[:300], Ht[:300], ridge=0), Hs[300:])
+    Y = torch.cat([Ht[300:], 50 * torch.randn(100, 1, generator=G, dtype=torch.float64)], 1)
+    P = torch.cat([pred, torch.zeros(100, 1)], 1)
+    assert top_norm_dims(Y, 1).tolist() == [14]
+    assert r2_score(P, Y)["r2"] < 0.1 and r2_score(P, Y, dims=list(range(14)))["r2"] > 0.9999
+    assert r2_score(P, Y, dims=[14])["r2"] == pytest.approx(r2_score(P, Y)["per_dim"][14].item(), abs=1e-5)
+    with pytest.raises(ValueError, match="subset"): r2_score(P, Y, dims=[15])
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
+def test_batched_steering_matches_one_vector_at_a_time(family):
+    m, tok = tiny_model(family), tiny_tokenizer(); prompts = ["hello there", "abc", "a longer prompt"]
+    V = torch.randn(5, 32, generator=G)
+    def one(v):
+        with steered(m, 1, v): return propensity(m, tok, prompts, [10, 11], [12, 13])
+    ref = torch.stack([one(v) for v in V])
+    for reuse in (True, False):      # with and without the shortcut that runs the unsteered prefix once
+        torch.testing.assert_close(steered_propensities(m, tok, prompts, 1, V, [10, 11], [12, 13], batch_size=4, reuse_prefix=reuse),
+                                   ref, atol=1e-5, rtol=1e-5)
+    blocks = [type(b).__name__ for b in decoder_layers(m)]
+    assert "_Known" not in blocks    # the real blocks are restored
+    s = secant_slopes(m, tok, prompts, 1, V[:2], 0.5, 3.0, [10, 11], [12, 13])
+    curve = steering_curve(m, tok, prompts, 1, V[0], [-0.5, 0, 0.5], 3.0, [10, 11], [12, 13])
+    assert s["slope"][0].item() == pytest.approx(steerability([-0.5, 0, 0.5], curve), abs=1e-5)
+    with pytest.raises(ValueError, match="d=32"): steered_propensities(m, tok, prompts, 1, V[:, :7], [10], [12])
+    with pytest.raises(ValueError, match="zero-norm"): secant_slopes(m, tok, prompts, 1, 0 * V[:1], 0.5, 1.0, [10], [12])
+
+
+def test_percentile_z_and_sign_test_against_closed_forms():
+    assert percentile_of(3.0, [1, 2, 3, 4]) == 62.5 and percentile_of(10, range(10)) == 100.0
+    assert z_score(3.0, [1.0, 2.0, 3.0]) == pytest.approx(1.0)
+    assert exceed_null_prob(50, 95) == pytest.approx(3 / 51)
+    rng = np.random.default_rng(1); sims = rng.standard_normal((5000, 51))
+    assert np.mean([percentile_of(s[0], s[1:]) > 95 for s in sims]) == pytest.approx(3 / 51, abs=0.01)
+    for k, n, p0 in [(0, 6, 0.05), (2, 6, 0.05), (3, 8, 3 / 51), (6, 6, 0.5)]:
+        exact = sum(math.comb(n, i) * p0 ** i * (1 - p0) ** (n - i) for i in range(k, n + 1))
+        assert sign_test_p(k, n, p0) == pytest.approx(exact)
+    assert sign_test_p(2, 6, 0.05) == pytest.approx(1 - 0.95 ** 6 - 6 * 0.05 * 0.95 ** 5)
+    assert sign_test_p(3, 8, 3 / 51) == pytest.approx((rng.binomial(8, 3 / 51, 400000) >= 3).mean(), abs=2e-3)
+    with pytest.raises(ValueError, match="0 <= k <= n"): sign_test_p(7, 6)
+
+
+def test_linear_range_rule():
+    assert linear_range([0.1, 0.2, 0.4], [[1, 1.1, 1.5], [1, 0.95, 0.9]]) == 0.4
+    assert linear_range([0.1, 0.2, 0.4], [[1, 1.1, 1.5], [1, 0.7, 0.9], [1, 1.0, 0.5]]) == 0.2
+    assert linear_range([0.1, 0.2, 0.4], [[1, 2, 1]]) == 0.1
+    with pytest.raises(ValueError, match="increasing"): linear_range([0.2, 0.1], [[1, 1]])
