@@ -4,14 +4,16 @@
 
 # %% ../nbs/04_provenance.ipynb #d7ea10cd
 from __future__ import annotations
-import ast, json, math, os, platform, resource, subprocess, sys, time
+import ast, builtins, json, math, os, platform, resource, subprocess, sys, time
+from fnmatch import fnmatchcase
 from importlib import metadata
 from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['VERDICTS', 'PACKAGES', 'OVERRIDES_ENV', 'project_root', 'git_commit', 'package_versions', 'peak_memory_mb',
-           'parameters_cell', 'check_metrics', 'claim', 'run_overrides', 'Run']
+__all__ = ['VERDICTS', 'PACKAGES', 'DEFAULT_REL', 'OVERRIDES_ENV', 'project_root', 'git_commit', 'package_versions',
+           'peak_memory_mb', 'parameters_cell', 'check_metrics', 'claim', 'tolerance', 'default_tolerance',
+           'resolve_tolerances', 'within', 'format_tolerance', 'run_overrides', 'Run']
 
 # %% ../nbs/04_provenance.ipynb #7d005324
 VERDICTS = ("holds", "partly", "does not hold at this scale", "does not hold", "not tested")
@@ -81,6 +83,67 @@ def claim(claim: str, paper, measured, setting: str, verdict: str) -> dict:
     if verdict not in VERDICTS: raise ValueError(f"verdict {verdict!r} is not one of {VERDICTS}")
     return dict(claim=claim, paper=str(paper), measured=str(measured), setting=setting, verdict=verdict)
 
+# %% ../nbs/04_provenance.ipynb #1562cebc
+DEFAULT_REL = 1e-4   # the relative tolerance of a float metric a notebook declares nothing for (ints and bools: exact)
+
+def tolerance(exact: bool = False, rel: float | None = None, abs: float | None = None, ignore: bool = False,
+              note: str | None = None) -> dict:
+    """How far a metric may move between two runs and still count as reproduced (one of: exact, a rel/abs band, ignore).
+
+    `exact=True`: equal; `rel=r`: |now - committed| <= r |committed|; `abs=a`: |now - committed| <= a (both: the wider);
+    `ignore=True`: reported, never compared; `note`: where the band comes from (a seed spread, say)."""
+    kinds = [bool(exact), rel is not None or abs is not None, bool(ignore)]
+    if sum(kinds) != 1: raise ValueError("a tolerance is exactly one of exact=True, a band (rel= and/or abs=), or ignore=True")
+    for k, v in (("rel", rel), ("abs", abs)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
+            raise ValueError(f"tolerance {k}={v!r}: give a finite number >= 0")
+    out = ({"exact": True} if exact else {"ignore": True} if ignore else
+           {k: float(v) for k, v in (("rel", rel), ("abs", abs)) if v is not None})
+    if note: out["note"] = str(note)
+    return out
+
+def _as_tolerance(name: str, spec) -> dict:
+    "A tolerance from a declaration: 'exact', 'ignore', a dict of `tolerance`'s arguments, or `tolerance(...)` itself."
+    if isinstance(spec, str) and spec in ("exact", "ignore"): return tolerance(**{spec: True})
+    if isinstance(spec, dict):
+        bad = set(spec) - {"exact", "rel", "abs", "ignore", "note"}
+        if not bad:
+            try: return tolerance(**spec)
+            except ValueError as e: raise ValueError(f"tolerance for {name!r}: {e}") from None
+    raise ValueError(f"tolerance for {name!r} is {spec!r}: give 'exact', 'ignore' or tolerance(exact=/rel=/abs=/ignore=)")
+
+def default_tolerance(value) -> dict:
+    "The tolerance of a metric nobody declared one for: ints and bools exact, floats relative DEFAULT_REL."
+    if hasattr(value, "item"): value = value.item()
+    return tolerance(exact=True) if isinstance(value, (bool, int)) else tolerance(rel=DEFAULT_REL)
+
+def resolve_tolerances(metrics: dict, declared: dict | None = None) -> dict:
+    """{metric: tolerance} for every metric: its own name in `declared`, else the first glob pattern there matching it,
+    else `default_tolerance`. A declared name or pattern that matches no metric is refused."""
+    decl = {str(k): _as_tolerance(str(k), v) for k, v in (declared or {}).items()}
+    names = [str(m) for m in metrics]
+    unused = [k for k in decl if not any(fnmatchcase(m, k) for m in names)]
+    if unused: raise ValueError(f"tolerances {unused} match no metric; the metrics are: {', '.join(names)}")
+    out = {}
+    for m, v in metrics.items():
+        m = str(m)
+        hit = m if m in decl else next((k for k in decl if fnmatchcase(m, k)), None)
+        out[m] = decl[hit] if hit is not None else default_tolerance(v)
+    return out
+
+def within(tol: dict, committed: float, now: float) -> bool:
+    "Whether `now` reproduces `committed` under `tol`."
+    if tol.get("ignore"): return True
+    if tol.get("exact"): return now == committed
+    band = builtins.max(tol.get("abs", 0.0), tol.get("rel", 0.0) * builtins.abs(committed))
+    return builtins.abs(now - committed) <= band * (1 + 1e-12)
+
+def format_tolerance(tol: dict) -> str:
+    "A tolerance as a table cell: 'exact', 'ignored', 'rel 0.0001', '±0.05', '±0.05 | rel 0.1'."
+    if tol.get("ignore"): return "ignored"
+    if tol.get("exact"): return "exact"
+    return " | ".join(s for s in (f"±{tol['abs']:.3g}" if "abs" in tol else "", f"rel {tol['rel']:.3g}" if "rel" in tol else "") if s)
+
 # %% ../nbs/04_provenance.ipynb #a5915350
 def _atomic_write(path: Path, text: str):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,11 +211,13 @@ class Run:
         self.figures.append(name)
         return paths
 
-    def finish(self, metrics: dict, claims: list[dict]) -> Path:
-        "Validate and write results/<notebook>.json (atomically); returns its path."
+    def finish(self, metrics: dict, claims: list[dict], tolerances: dict | None = None) -> Path:
+        """Validate and write results/<notebook>.json (atomically); returns its path.
+
+        `tolerances` maps metric names or glob patterns to how far each may move in a re-run (see *Tolerances*)."""
         self.claims = [claim(**c) for c in claims]
         res = dict(params=self.params, provenance=self.provenance(), metrics=check_metrics(metrics),
-                   claims=self.claims, figures=self.figures)
+                   tolerances=resolve_tolerances(metrics, tolerances), claims=self.claims, figures=self.figures)
         path = self.results_dir / f"{self.notebook}.json"
         _atomic_write(path, json.dumps(res, indent=1, default=str))
         self.results_path = path

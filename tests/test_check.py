@@ -1,0 +1,39 @@
+"""`ortho-nbs reproduce --check`: a smoke re-run of one notebook against the committed smoke baseline."""
+import json, shutil
+import pytest
+from ortho_nbs.runner import reproduce_check, check_results, main
+from ortho_nbs.provenance import project_root
+
+BASE = project_root() / "tests" / "baselines" / "smoke"
+
+
+@pytest.mark.notebook
+def test_smoke_rerun_reproduces_committed_baseline(tmp_path, capsys):
+    committed = json.loads((BASE / "03_evaluation.json").read_text())
+    rep = reproduce_check("smoke", only=["03_evaluation"], out=tmp_path / "check")
+    assert rep["ok"], rep["failures"]
+    st = {m["metric"]: (m["status"], m["tolerance"]) for m in rep["metrics"]}
+    assert st == {"ppl_public_heldout": ("ok", "rel 0.0001"), "n_ppl_tokens": ("ok", "exact"),
+                  "arithmetic_acc": ("ok", "exact"), "n_arithmetic": ("ok", "exact")}
+    assert {c["status"] for c in rep["claims"]} == {"ok"} and len(rep["claims"]) == len(committed["claims"])
+    assert (tmp_path / "check" / "check.json").exists()
+    # the same fresh results against a baseline whose perplexity moved by 1% and whose verdict differs: both caught
+    bad = tmp_path / "bad"; bad.mkdir()
+    committed["metrics"]["ppl_public_heldout"] *= 1.01
+    committed["claims"][0]["verdict"] = "holds" if committed["claims"][0]["verdict"] != "holds" else "partly"
+    (bad / "03_evaluation.json").write_text(json.dumps(committed))
+    rep = check_results(bad, tmp_path / "check" / "results", ["03_evaluation"])
+    assert not rep["ok"]
+    assert [m["metric"] for m in rep["metrics"] if m["status"] == "drift"] == ["ppl_public_heldout"]
+    assert any("verdict flipped" in f for f in rep["failures"]) and any("outside rel 0.0001" in f for f in rep["failures"])
+
+
+def test_check_refused_before_work(tmp_path, capsys):
+    assert main(["reproduce", "--profile", "smoke", "--only", "10_ablation", "--check", "--out", str(tmp_path / "c")]) == 2
+    assert "holds no committed results for 10_ablation" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    assert main(["reproduce", "--profile", "smoke", "--baseline", str(BASE)]) == 2
+    assert "--baseline goes with --check" in capsys.readouterr().err
+    assert main(["reproduce", "--check", "--publish", "--only", "03_evaluation"]) == 2
+    assert "never publishes" in capsys.readouterr().err
+    assert main(["reproduce", "--check", "--profile", "smoke", "--only", "03_evaluation", "--out", str(project_root() / "results")]) == 2
+    assert "scratch folder" in capsys.readouterr().err
