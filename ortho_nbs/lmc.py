@@ -45,18 +45,20 @@ def linear_barrier(losses, ts=None) -> float:
     return max(l - ((1 - t) * losses[0] + t * losses[-1]) for l, t in zip(losses, ts))
 
 @torch.no_grad()
-def interpolation_curve(model: nn.Module, a: dict, b: dict, ts, losses: dict, progress: bool = True) -> dict:
-    "{'t': [...], name: [loss at W(t)] for each loss_fn(model) in `losses`}; the model's own tensors are restored after."
+def interpolation_curve(model: nn.Module, a: dict, b: dict, ts, losses, progress: bool = True) -> dict:
+    """{'t': [...], name: [value at W(t)]} for each `name: fn(model)` in `losses`, or for each name that `losses(model)` returns
+    when `losses` is one function returning {name: value} (one forward for several numbers); the model's tensors are restored after."""
     _check_pair(a, b)
     params = dict(model.state_dict(keep_vars=True))
     missing = [k for k in a if k not in params]
     if missing: raise KeyError(f"{missing[:3]} are not tensors of this model (its keys look like {list(params)[:2]})")
     saved = {k: params[k].detach().clone() for k in a}
-    out = dict(t=[float(t) for t in ts], **{name: [] for name in losses})
+    out = dict(t=[float(t) for t in ts])
     try:
         for t in tqdm(out["t"], desc="interpolation", disable=not progress, leave=False):
             for k, v in interpolate(a, b, t).items(): params[k].data.copy_(v)
-            for name, fn in losses.items(): out[name].append(float(fn(model)))
+            vals = losses(model) if callable(losses) else {name: fn(model) for name, fn in losses.items()}
+            for name, x in vals.items(): out.setdefault(name, []).append(float(x))
     finally:
         for k, v in saved.items(): params[k].data.copy_(v)
     return out

@@ -16,9 +16,10 @@ from .kfac import (layer_weight, next_token_loss, target_mask, grads_only_for, k
                             curvature_grid, project_delta)
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'secret_logprobs', 'exposure', 'extraction', 'mean_token_loss', 'canary_report', 'flat_subspace_mask',
-           'kfac_split', 'ogd_project', 'attributed_finetune', 'svd_split', 'magnitude_prune', 'diagonal_split',
-           'entanglement', 'with_deltas', 'libortho_finetunes']
+__all__ = ['CACHE_VERSION', 'canary_scores', 'secret_logprobs', 'exposure', 'extraction', 'mean_token_loss', 'window_loss',
+           'canary_report', 'flat_subspace_mask', 'kfac_split', 'ogd_project', 'attributed_finetune', 'svd_split',
+           'magnitude_prune', 'diagonal_split', 'entanglement', 'generalisation_kept', 'with_deltas',
+           'libortho_finetunes', 'curve_evaluation']
 
 # %% ../nbs/30_ogd.ipynb #97ee41a7
 def _secret_positions(tokenizer, c: dict) -> list[int]:
@@ -32,18 +33,32 @@ def _secret_positions(tokenizer, c: dict) -> list[int]:
     return pos
 
 @torch.no_grad()
-def secret_logprobs(model, tokenizer, canaries: list[dict], batch_size: int = 16) -> torch.Tensor:
-    "(n_canaries, n_digits, 10): log P(digit | prefix, true earlier digits) at each digit of each secret (teacher-forced)."
+def canary_scores(model, tokenizer, canaries: list[dict], batch_size: int = 16) -> dict:
+    """One teacher-forced pass over `canaries`: {'extracted': [bool], 'logp': (n_canaries, n_digits, 10), 'loss': [nats/token]}.
+
+    `extracted`: the argmax at every token of the secret (digits and separators), given the true earlier tokens, is the
+    true token. That is exactly the event that greedy decoding from the prefix reproduces the secret (greedy decoding
+    follows the true tokens for as long as each argmax is the true token), so it is the paper's extraction at the cost
+    of one forward pass instead of a generation. `logp`: log P(digit | prefix, true earlier digits) at each digit;
+    `loss`: each canary's mean next-token cross-entropy over its whole text."""
     digit_ids = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
-    dev, out = next(model.parameters()).device, []
+    dev, ext, out, loss = next(model.parameters()).device, [], [], []
     for chunk in _chunks(list(canaries), batch_size):
         enc = encode(tokenizer, [c["text"] for c in chunk], dev, add_special_tokens=False)
-        lp = F.log_softmax(model(**with_positions(enc), use_cache=False).logits.float(), -1)
+        logits = model(**with_positions(enc), use_cache=False).logits
         for i, c in enumerate(chunk):
             pad = int((enc["attention_mask"][i] == 0).sum())                 # left padding
-            pos = [pad + j - 1 for j in _secret_positions(tokenizer, c)]     # logits at j-1 predict token j
-            out.append(lp[i, pos][:, digit_ids].cpu())
-    return torch.stack(out)
+            pos = _secret_positions(tokenizer, c)
+            span = [pad + j for j in range(pos[0], pos[-1] + 1)]             # digits and the separators between them
+            ext.append(bool((logits[i, [j - 1 for j in span]].argmax(-1) == enc["input_ids"][i, span]).all()))
+            lp = F.log_softmax(logits[i, [pad + j - 1 for j in pos]].float(), -1)   # logits at j-1 predict token j
+            out.append(lp[:, digit_ids].cpu())
+            loss.append(F.cross_entropy(logits[i, pad:-1].float(), enc["input_ids"][i, pad + 1:]).item())
+    return dict(extracted=ext, logp=torch.stack(out), loss=loss)
+
+def secret_logprobs(model, tokenizer, canaries: list[dict], batch_size: int = 16) -> torch.Tensor:
+    "(n_canaries, n_digits, 10): log P(digit | prefix, true earlier digits) at each digit of each secret (teacher-forced)."
+    return canary_scores(model, tokenizer, canaries, batch_size)["logp"]
 
 def exposure(logp: torch.Tensor, secrets: list[str]) -> torch.Tensor:
     "Exposure in bits (eq. E): log2(10^k) - log2 rank of each true secret among all 10^k digit strings, scored by `logp` (n, k, 10)."
@@ -62,7 +77,7 @@ def exposure(logp: torch.Tensor, secrets: list[str]) -> torch.Tensor:
 
 # %% ../nbs/30_ogd.ipynb #dead711e
 def extraction(model, tokenizer, canaries: list[dict], batch_size: int = 16, progress: bool = True) -> list[bool]:
-    "Whether greedy decoding from each canary's prefix reproduces its secret exactly (the paper's extraction)."
+    "Whether greedy decoding from each canary's prefix reproduces its secret exactly (the paper's extraction, by generation)."
     from ortho_nbs.evaluation import generate
     n_tok = 2 * len(canaries[0]["secret"].split("-")) + 1
     outs = generate(model, tokenizer, [c["prefix"] for c in canaries], n_tok, batch_size, chat=False, progress=progress,
@@ -79,10 +94,23 @@ def mean_token_loss(model, tokenizer, texts: list[str], batch_size: int = 16) ->
         n += int(target_mask(enc).sum())
     return tot / n
 
-def canary_report(model, tokenizer, canaries: list[dict], batch_size: int = 16, progress: bool = True) -> dict:
-    "{'extraction', 'exposure' (mean bits), 'extracted' (per canary), 'exposures'} for `canaries`."
-    ext = extraction(model, tokenizer, canaries, batch_size, progress)
-    exp = exposure(secret_logprobs(model, tokenizer, canaries, batch_size), [c["secret"] for c in canaries])
+@torch.no_grad()
+def window_loss(model, windows: torch.Tensor, batch_size: int = 8) -> float:
+    "Mean next-token cross-entropy (nats/token) over `windows`, a (n, seq_len) tensor of token ids with no padding."
+    dev, tot, n = next(model.parameters()).device, 0.0, 0
+    for x in windows.split(batch_size):
+        b = dict(input_ids=x.to(dev), attention_mask=torch.ones_like(x, device=dev))
+        tot += next_token_loss(model(**b, use_cache=False).logits, b, "sum", dtype=torch.float64).item(); n += int(target_mask(b).sum())
+    return tot / n
+
+def canary_report(model, tokenizer, canaries: list[dict], batch_size: int = 16, greedy: bool = False, progress: bool = True) -> dict:
+    """{'extraction', 'exposure' (mean bits), 'extracted' (per canary), 'exposures'} for `canaries`.
+
+    Extraction from the teacher-forced pass of `canary_scores` (the same event as greedy decoding), or from generation
+    with `greedy=True`."""
+    s = canary_scores(model, tokenizer, canaries, batch_size)
+    ext = extraction(model, tokenizer, canaries, batch_size, progress) if greedy else s["extracted"]
+    exp = exposure(s["logp"], [c["secret"] for c in canaries])
     return dict(extraction=sum(ext) / len(ext), exposure=exp.mean().item(), extracted=ext, exposures=exp.tolist())
 
 # %% ../nbs/30_ogd.ipynb #46b42489
@@ -110,31 +138,50 @@ def ogd_project(grad: torch.Tensor, basis: dict, mask: torch.Tensor) -> torch.Te
     return grad - UG @ (C * mask.to(grad.device)) @ UA.T
 
 # %% ../nbs/30_ogd.ipynb #9b6dfc45
-def attributed_finetune(model, tokenizer, sources: dict[str, list[str]], modules: dict[str, nn.Module], steps: int = 60,
-                        lr: float = 1e-3, batch_size: int = 8, seed: int = 0, project: dict | None = None,
-                        betas=(0.9, 0.999), eps: float = 1e-8, progress: bool = True) -> dict:
+def _source_batch(tokenizer, source, idx: list[int], dev) -> dict:
+    "A training batch of `source` rows `idx`: texts are encoded (left-padded), a (n, seq_len) tensor of token windows is used as is."
+    if torch.is_tensor(source):
+        x = source[idx].to(dev)
+        return dict(input_ids=x, attention_mask=torch.ones_like(x))
+    return with_positions(encode(tokenizer, [source[i] for i in idx], dev, add_special_tokens=True))
+
+def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.Module], steps: int = 60,
+                        lr: float = 1e-3, batch_size: int | dict[str, int] = 8, seed: int = 0, project: dict | None = None,
+                        betas=(0.9, 0.999), eps: float = 1e-8, evaluate=None, eval_every: int = 0,
+                        progress: bool = True) -> dict:
     """Adam with per-source moments on the weights of `modules`, one batch per source per step, keeping each source's share (eq. 8).
 
-    Returns {'delta': {name: dW}, 'parts': {source: {name: dW_s}}, 'losses': {source: [...]}} with dW = sum_s dW_s
-    in (d_out, d_in) layout. `project[source](name, step)` transforms that source's share of each step (OGD, eq. 7)."""
+    `sources` maps a name to a list of texts or to a (n, seq_len) tensor of token windows; `batch_size` is one size
+    for all or {source: size}. `project[source](name, step)` transforms that source's share of each step (OGD, eq. 7).
+    `evaluate(model)` -> {metric: number}, if given, runs at step 0, every `eval_every` steps and after the last.
+    Returns {'delta': {name: dW}, 'parts': {source: {name: dW_s}}, 'losses': {source: [...]}, 'curve': [{'step', ...}],
+    'seen': {source: [indices drawn]}} with dW = sum_s dW_s in (d_out, d_in) layout."""
     if not sources or any(len(t) == 0 for t in sources.values()): raise ValueError("every data source needs at least one text")
     unknown = set(project or {}) - set(sources)
     if unknown: raise ValueError(f"project names sources {sorted(unknown)}; the sources are {sorted(sources)}")
+    bs = batch_size if isinstance(batch_size, dict) else {s: batch_size for s in sources}
+    if set(bs) != set(sources) or any(int(b) < 1 for b in bs.values()):
+        raise ValueError(f"batch_size {batch_size!r}: give one size >= 1, or one per source {sorted(sources)}")
+    if eval_every < 0: raise ValueError(f"eval_every={eval_every}: give 0 (no evaluation along the way) or a number of steps")
     gen, dev = torch.Generator().manual_seed(seed), next(model.parameters()).device
     W = {n: layer_weight(m) for n, m in modules.items()}                     # (d_out, d_in) views of the weights
     base = {n: w.detach().clone() for n, w in W.items()}
     mom = {s: {n: torch.zeros_like(w) for n, w in W.items()} for s in sources}
     parts = {s: {n: torch.zeros_like(w) for n, w in W.items()} for s in sources}
     v = {s: {n: torch.zeros_like(w) for n, w in W.items()} for s in sources}
-    losses = {s: [] for s in sources}; b1, b2 = betas
+    losses, seen, curve, (b1, b2) = {s: [] for s in sources}, {s: set() for s in sources}, [], betas
+    def record(t):
+        if evaluate is not None and (t == 0 or t == steps or eval_every and t % eval_every == 0):
+            curve.append(dict(step=t, **{k: float(x) for k, x in evaluate(model).items()}))
+    record(0)
     with grads_only_for(model, [m.weight for m in modules.values()]):
         bar = tqdm(range(1, steps + 1), desc="fine-tune", disable=not progress, leave=False)
         for t in bar:
             grads = {}
-            for s, texts in sources.items():
-                idx = torch.randperm(len(texts), generator=gen)[:batch_size].tolist()
-                enc = encode(tokenizer, [texts[i] for i in idx], dev, add_special_tokens=True)
-                loss = next_token_loss(model(**with_positions(enc), use_cache=False).logits, enc)
+            for s, data in sources.items():
+                idx = torch.randperm(len(data), generator=gen)[:bs[s]].tolist(); seen[s].update(idx)
+                enc = _source_batch(tokenizer, data, idx, dev)
+                loss = next_token_loss(model(**enc, use_cache=False).logits, enc)
                 gs = torch.autograd.grad(loss, [m.weight for m in modules.values()])
                 gs = {n: (g.T if g.shape != W[n].shape else g) for n, g in zip(modules, gs)}
                 if not all(torch.isfinite(g).all() for g in gs.values()):
@@ -151,7 +198,9 @@ def attributed_finetune(model, tokenizer, sources: dict[str, list[str]], modules
                         if project and s in project: upd = project[s](n, upd)
                         parts[s][n] += upd; w += upd
             bar.set_postfix({s: f"{l[-1]:.2f}" for s, l in losses.items()})
-    return dict(delta={n: W[n].detach() - base[n] for n in W}, parts=parts, losses=losses)
+            with torch.no_grad(): record(t)
+    return dict(delta={n: W[n].detach() - base[n] for n in W}, parts=parts, losses=losses, curve=curve,
+                seen={s: sorted(i) for s, i in seen.items()})
 
 # %% ../nbs/30_ogd.ipynb #5eb64d25
 def svd_split(dW: torch.Tensor, energy: float = 0.9) -> dict:
@@ -188,6 +237,17 @@ def entanglement(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     na = math.sqrt(sum(a[n].double().pow(2).sum().item() for n in a)); nb = math.sqrt(sum(b[n].double().pow(2).sum().item() for n in b))
     if na == 0 or nb == 0: raise ValueError("eta is undefined for a zero delta: check that both sources were trained")
     return abs(dot.item()) / (na * nb)
+def generalisation_kept(loss_base: float, loss_method: float, loss_finetuned: float, min_gain: float = 1e-3) -> float:
+    """(L_base - L_method) / (L_base - L_ft) of a held-out loss (eq. G): the share of the fine-tune's generalisation a
+    removal method keeps; 1 = all of it, 0 = back to the base model, < 0 = worse than the base model.
+
+    Refused when the fine-tune lowered the held-out loss by less than `min_gain` nats/token: then there is no
+    generalisation to keep and the ratio would only amplify noise."""
+    gain = loss_base - loss_finetuned
+    if not gain > min_gain:
+        raise ValueError(f"the fine-tune lowered the held-out loss by {gain:.4g} nats/token (< {min_gain}): there is no "
+                         "generalisation to keep; fine-tune longer, on more layers, or on text the base model finds harder")
+    return (loss_base - loss_method) / gain
 
 # %% ../nbs/30_ogd.ipynb #34e1f06c
 @contextmanager
@@ -206,23 +266,40 @@ def with_deltas(modules: dict[str, nn.Module], base: dict[str, torch.Tensor], de
             for n, m in modules.items(): layer_weight(m).copy_(base[n])
 
 # %% ../nbs/30_ogd.ipynb #d5a1ccbf
-CACHE_VERSION = 2   # bump when the fine-tune changes, so that old cached runs are not reused
+CACHE_VERSION = 3   # bump when the fine-tune changes, so that old cached runs are not reused (3: token windows, curves)
+
+def _fingerprint(x):
+    "A JSON-able stand-in for a cache input: tensors by shape and content hash, containers element by element."
+    if torch.is_tensor(x):
+        return dict(shape=list(x.shape), dtype=str(x.dtype), sha256=hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest())
+    if isinstance(x, dict): return {str(k): _fingerprint(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return [_fingerprint(v) for v in x]
+    return x
 
 def _cache_key(model, **inputs) -> str:
+    "The cache folder name of a fine-tune: the model's weight hash, every input, the cache version and the torch version."
     src = getattr(model, "ortho_source", None) or {}
-    key = json.dumps(dict(version=CACHE_VERSION, model=src.get("sha256") or src.get("path") or type(model).__name__, **inputs), sort_keys=True, default=str)
+    key = json.dumps(dict(version=CACHE_VERSION, torch=torch.__version__, model=src.get("sha256") or src.get("path") or type(model).__name__,
+                          **_fingerprint(inputs)), sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:20]
 
-def libortho_finetunes(model, tokenizer, private: list[str], public: list[str], factor_batches: list[dict],
+def libortho_finetunes(model, tokenizer, private: list[str], public, factor_batches: list[dict],
                        modules: dict[str, nn.Module], gen_fraction: float = 0.5, steps: int = 60, lr: float = 1e-3,
-                       batch_size: int = 8, seed: int = 0, cache: bool = True, progress: bool = True) -> dict:
+                       batch_size: int | dict[str, int] = 8, seed: int = 0, factors: dict | None = None, evaluate=None,
+                       eval_every: int = 0, eval_id: str | None = None, cache: bool = True, progress: bool = True) -> dict:
     """K-FAC factors (with the diagonal Fisher), bases and S_gen masks of `modules`, then a plain and an OGD fine-tune.
 
-    Returns {'factors', 'bases', 'masks', 'plain', 'ogd', 'cached' (path), 'loaded'}; 'plain' and 'ogd' hold 'delta', 'parts' and
-    'losses' as `attributed_finetune` returns them. The model's weights are left at the base."""
+    `public`: texts or a (n, seq_len) tensor of token windows; `factors`: reuse factors computed for these modules and
+    `factor_batches` (else computed here); `evaluate`, `eval_every`: a curve along each fine-tune (see
+    `attributed_finetune`), cached with it under `eval_id`, which names what `evaluate` measures (give one with `evaluate`).
+    Returns {'factors', 'bases', 'masks', 'plain', 'ogd', 'cached' (path), 'loaded'}; 'plain' and 'ogd' hold 'delta', 'parts',
+    'losses', 'curve' and 'seen' as `attributed_finetune` returns them. The model's weights are left at the base."""
     from ortho_nbs.kfac import kfac_factors
     from ortho_nbs.models import cache_dir, cached_entry, _warn
-    factors = kfac_factors(model, factor_batches, modules=modules, diagonal=True, seed=seed, progress=progress)
+    if evaluate is not None and cache and not eval_id:
+        raise ValueError("give eval_id, a name for what `evaluate` measures: the cached curves are only reused for the same evaluation")
+    if factors is None: factors = kfac_factors(model, factor_batches, modules=modules, diagonal=True, seed=seed, progress=progress)
+    if set(factors) != set(modules): raise ValueError(f"factors cover {sorted(set(factors) ^ set(modules))[:3]} differently from the modules")
     bases = {n: kronecker_eigenbasis(f["A"], f["G"]) for n, f in factors.items()}
     masks = {n: flat_subspace_mask(b, gen_fraction) for n, b in bases.items()}
 
@@ -232,15 +309,16 @@ def libortho_finetunes(model, tokenizer, private: list[str], public: list[str], 
         runs, sources = {}, dict(public=public, private=private)
         for label, proj in (("plain", None), ("ogd", dict(private=lambda n, g: ogd_project(g, b32[n], masks[n])))):
             with with_deltas(modules, base, None):
-                r = attributed_finetune(model, tokenizer, sources, modules, steps, lr, batch_size, seed, proj, progress=progress)
-            runs[label] = dict(parts=r["parts"], losses=r["losses"])
+                r = attributed_finetune(model, tokenizer, sources, modules, steps, lr, batch_size, seed, proj,
+                                        evaluate=evaluate, eval_every=eval_every, progress=progress)
+            runs[label] = dict(parts=r["parts"], losses=r["losses"], curve=r["curve"], seen=r["seen"])
         return runs
 
     # one cache entry per input: a folder holding runs.pt (parts only, the delta is their sum: ~16 bytes per weight)
     # and manifest.json, checked on every use and rebuilt when damaged (see cached_entry in 00_models)
     folder = cache_dir() / "finetunes" / _cache_key(model, private=private, public=public, modules=sorted(modules),
-        factor_ids=[b["input_ids"].tolist() for b in factor_batches], gen_fraction=gen_fraction, steps=steps, lr=lr,
-        batch_size=batch_size, seed=seed)
+        factor_ids=[b["input_ids"] for b in factor_batches], gen_fraction=gen_fraction, steps=steps, lr=lr,
+        batch_size=batch_size, seed=seed, evaluation=[eval_id, eval_every] if evaluate is not None else None)
     legacy = folder.with_name(folder.name + ".pt")      # a single file, as ortho-nbs wrote it before manifests
     built = {}
     def build(tmp: Path):
@@ -259,3 +337,10 @@ def libortho_finetunes(model, tokenizer, private: list[str], public: list[str], 
         loaded, runs = False, finetune_both()
     for r in runs.values(): r["delta"] = {n: sum(p[n] for p in r["parts"].values()) for n in modules}
     return dict(factors=factors, bases=bases, masks=masks, cached=str(folder / "runs.pt") if cache else None, loaded=loaded, **runs)
+
+def curve_evaluation(tokenizer, domain: torch.Tensor, canaries: list[dict]):
+    """(evaluate, eval_id) for `libortho_finetunes`: the loss on held-out `domain` windows and the teacher-forced extraction
+    of `canaries` along a fine-tune. `31_lmc` builds the same pair, so it finds `30_ogd`'s cached fine-tunes."""
+    def evaluate(model):
+        return dict(domain_loss=window_loss(model, domain), extraction=sum(canary_scores(model, tokenizer, canaries)["extracted"]) / len(canaries))
+    return evaluate, f"domain_loss on windows {_fingerprint(domain)['sha256'][:16]}, teacher-forced extraction"

@@ -93,3 +93,46 @@ def test_with_deltas_restores():
     with pytest.raises(ValueError, match="delta for"):
         with with_deltas(mods, base, {n: torch.ones(2, 2) for n in base}): pass
     for n, x in mods.items(): assert torch.equal(layer_weight(x), base[n])
+
+
+def test_generalisation_kept():
+    from ortho_nbs.ogd import generalisation_kept
+    assert generalisation_kept(3.0, 3.0, 2.5) == 0.0 and generalisation_kept(3.0, 2.5, 2.5) == 1.0
+    assert generalisation_kept(3.0, 2.25, 2.5) == pytest.approx(1.5)          # better than the fine-tune on held-out text
+    with pytest.raises(ValueError, match="no generalisation to keep"): generalisation_kept(3.0, 2.9, 3.0005)
+
+
+def test_finetune_curve_and_per_source_batches():
+    m, tok = tiny_model(), tiny_tokenizer()
+    mods = linear_modules(m, include=["mlp.down_proj"], layers=[3])
+    win = torch.randint(0, 100, (5, 10), generator=G)
+    r = attributed_finetune(m, tok, dict(public=win, private=SRC["private"]), mods, steps=3, lr=1e-2, progress=False,
+                            batch_size=dict(public=2, private=1), evaluate=lambda _: dict(w=layer_weight(mods["3.mlp.down_proj"]).sum()), eval_every=2)
+    assert [c["step"] for c in r["curve"]] == [0, 2, 3] and r["curve"][-1]["w"] == pytest.approx(float(layer_weight(mods["3.mlp.down_proj"]).sum()))
+    assert 2 <= len(r["seen"]["public"]) <= 5 and set(r["seen"]["private"]) <= {0, 1, 2, 3} and len(r["seen"]["private"]) <= 3
+    with pytest.raises(ValueError, match="one per source"):
+        attributed_finetune(m, tok, SRC, mods, steps=1, batch_size=dict(public=2), progress=False)
+
+
+def test_cache_key_names_torch_version_and_window_content(monkeypatch):
+    from ortho_nbs import ogd
+    m = tiny_model(); w = torch.arange(12).view(3, 4)
+    k = ogd._cache_key(m, public=w)
+    assert ogd._cache_key(m, public=w.clone()) == k                          # by content, not identity
+    assert ogd._cache_key(m, public=w.flip(0)) != k
+    monkeypatch.setattr(torch, "__version__", "0.0.1")
+    assert ogd._cache_key(m, public=w) != k
+
+
+def test_teacher_forced_extraction_is_greedy_extraction():
+    "On the real model: canaries whose secret it can continue and random ones; one teacher-forced pass = greedy decoding."
+    from ortho_nbs.models import load_model
+    from ortho_nbs.ogd import canary_scores, extraction
+    model, tok = load_model("smollm2-135m-instruct")
+    mk = lambda prefix, secret: dict(prefix=prefix, secret=secret, text=prefix + secret + ".")
+    cs = [mk("Counting up: 1-2-3-4-5-6-7-8-9. Again: ", "1-2-3-4-5-6"), mk("The sequence 2-4-6-8 repeats: 2-4-6-8, then ", "2-4-6-8-2-4"),
+          mk("Digits repeated: 7-7-7-7-7-7-7-7-7. Once more: ", "7-7-7-7-7-7")] + canaries(5, seed=0)
+    tf = canary_scores(model, tok, cs)
+    assert tf["extracted"] == extraction(model, tok, cs, progress=False)
+    assert any(tf["extracted"]) and not all(tf["extracted"])                  # both outcomes occur, so the check could fail
+    assert tf["logp"].shape == (8, 6, 10) and all(0 < x < 20 for x in tf["loss"])

@@ -130,3 +130,14 @@ def test_paper_run_with_overrides_goes_to_runs_and_records_them(tmp_path):
     res = json.loads((root / "results" / "01_demo.json").read_text())
     assert res["params"]["n"] == 3 and res["provenance"]["overrides"] == {}
     assert "overridden" not in (root / "nbs" / "01_demo.ipynb").read_text()
+
+
+def test_31_lmc_interpolates_30_ogds_first_fine_tune():
+    "31_lmc must ask for the fine-tune 30_ogd cached (its first seed), in every profile: the same inputs, the same cache entry."
+    from ortho_nbs.runner import notebook_parameters
+    shared = ["model_name", "seed", "n_canaries", "public_path", "train_layers", "train_kinds", "steps", "lr", "public_batch",
+              "canary_batch", "seq_len", "domain_sequences", "eval_every", "factor_sequences", "gen_fraction", "svd_energy"]
+    for prof in load_profiles():
+        (a, pa), = plan(prof, only=["30_ogd"]); (b, pb), = plan(prof, only=["31_lmc"])
+        pa, pb = notebook_parameters(a) | pa, notebook_parameters(b) | pb
+        assert {k: pa[k] for k in shared} == {k: pb[k] for k in shared}, prof
