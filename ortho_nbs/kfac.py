@@ -17,7 +17,7 @@ from .hooks import decoder_layers, writer_weight, batches as _chunks
 __all__ = ['FISHER_TYPES', 'layer_weight', 'linear_modules', 'lm_batches', 'target_mask', 'next_token_loss', 'grads_only_for',
            'kfac_factors', 'save_factors', 'load_factors', 'kronecker_eigenbasis', 'project_delta', 'curvature_grid',
            'curvature_split', 'kfac_quadratic', 'diagonal_quadratic', 'exact_fisher_quadratic', 'batch_loss',
-           'finite_difference_curvature', 'finetune']
+           'finite_difference_curvature', 'weight_hvp', 'directional_curvature', 'finetune']
 
 # %% ../nbs/20_kfac.ipynb #6611169c
 FISHER_TYPES = ("empirical", "true")
@@ -317,6 +317,35 @@ def finite_difference_curvature(model, module: nn.Module, D: torch.Tensor, batch
         W.copy_(W0); W.sub_(eps * D.to(W)); lm = batch_loss(model, batches)
     finally: W.copy_(W0)
     return (lp + lm - 2 * l0) / eps ** 2
+
+def weight_hvp(model, module: nn.Module, batches: list[dict], V: torch.Tensor) -> torch.Tensor:
+    """H V, for H the Hessian of the mean next-token loss on `batches` w.r.t. `module.weight` and V in that weight's own
+    layout: a double backward (float64 result), exact up to float32 round-off, with no step size to choose."""
+    W = module.weight; dev = W.device
+    if V.shape != W.shape: raise ValueError(f"V is {tuple(V.shape)}, the weight is {tuple(W.shape)}")
+    n_tok = sum(int(target_mask(b).sum()) for b in batches)
+    attn = model.config._attn_implementation
+    try:
+        model.set_attn_implementation("eager")   # SDPA's CPU kernels have no double backward
+        with grads_only_for(model, [W]):
+            vv, out = V.to(dev, W.dtype), torch.zeros(W.shape, dtype=torch.float64)
+            for b in batches:
+                b = {k: t.to(dev) for k, t in b.items()}
+                loss = next_token_loss(model(**b, use_cache=False).logits, b, "sum") / n_tok
+                g, = torch.autograd.grad(loss, W, create_graph=True)
+                hv, = torch.autograd.grad((g * vv).sum(), W)
+                out += hv.double().cpu()
+            return out
+    finally:
+        model.set_attn_implementation(attn)
+
+def directional_curvature(model, module: nn.Module, D: torch.Tensor, batches: list[dict]) -> float:
+    """D^T H D: the second derivative of the mean loss on `batches` along D (d_out, d_in), from one Hessian-vector product.
+
+    What `finite_difference_curvature` estimates, without its cancellation: the second difference subtracts losses that
+    agree to 5-6 digits, so float32 round-off (which differs between CPUs and thread counts) is a large part of it."""
+    W = module.weight; Dw = D if D.shape == W.shape else D.T
+    return (weight_hvp(model, module, batches, Dw) * Dw.double().cpu()).sum().item()
 
 # %% ../nbs/20_kfac.ipynb #c22c89ba
 def finetune(model, tokenizer, texts: list[str], modules: dict[str, nn.Module], steps: int = 30, lr: float = 3e-4,

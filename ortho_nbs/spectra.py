@@ -54,23 +54,6 @@ def density_on_grid(slq: dict, grid: torch.Tensor, sigma: float) -> torch.Tensor
 # %% ../nbs/21_spectra.ipynb #4bb42625
 def block_hvp(model, module: nn.Module, batches: list[dict]):
     "v -> H v for the Hessian of the mean next-token loss on `batches` w.r.t. `module.weight` (flattened, float64 in and out)."
-    from ortho_nbs.kfac import target_mask, next_token_loss, grads_only_for
-    W = module.weight; dev = W.device
-    n_tok = sum(int(target_mask(b).sum()) for b in batches)
-    def mv(v):
-        attn = model.config._attn_implementation
-        try:
-            model.set_attn_implementation("eager")   # SDPA's CPU kernels have no double backward
-            with grads_only_for(model, [W]):
-                vv = v.to(dev, W.dtype).view_as(W)
-                out = torch.zeros(W.numel(), dtype=torch.float64)
-                for b in batches:
-                    b = {k: t.to(dev) for k, t in b.items()}
-                    loss = next_token_loss(model(**b, use_cache=False).logits, b, "sum") / n_tok
-                    g, = torch.autograd.grad(loss, W, create_graph=True)
-                    hv, = torch.autograd.grad((g * vv).sum(), W)
-                    out += hv.flatten().double().cpu()
-                return out
-        finally:
-            model.set_attn_implementation(attn)
-    return mv
+    from ortho_nbs.kfac import weight_hvp
+    W = module.weight
+    return lambda v: weight_hvp(model, module, batches, v.to(W.device, W.dtype).view_as(W)).flatten()

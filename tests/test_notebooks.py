@@ -83,7 +83,9 @@ def test_30_ogd(smoke_dir):
     assert m["n_canaries"] == 8 and m["n_seeds"] == 2 and m["canary_extraction_base"] == 0.0   # nobody guesses a 6-digit secret
     assert 0 <= m["exposure_base"] < 10 and 10 < m["domain_ppl_base"] < 60      # SmolLM2 finds the Python reference hard (~24)
     assert m["private_share_in_sgen_ogd"] < 1e-6                           # OGD keeps the private update out of S_gen
-    assert 0 <= m["eta_plain"] <= 1 and 0 <= m["eta_ogd"] <= 1
+    assert m["domain_ppl_finetuned"] < m["domain_ppl_base"]                  # even 4 smoke steps generalise (36.6 -> 35.1)
+    assert m["exposure_finetuned"] > m["exposure_base"] + 1                  # ... and start memorising (0.9 -> 3.2 bits)
+    assert abs(m["generalisation_kept_svd_split"] - 1) < 0.2                 # the 90%-energy SVD split keeps most of the delta
     assert m["greedy_teacher_forced_agreement"] == 1.0 and m["heldout_8grams_in_training"] < 0.05
     assert {"30_finetune_curves", "30_tradeoff", "30_hessian_gen_mem"} <= set(r["figures"]) and len(r["claims"]) == 9
     assert r["tolerances"]["canary_extraction_v2"] == {"abs": 0.05, "note": r["tolerances"]["canary_extraction_v2"]["note"]}
@@ -91,9 +93,9 @@ def test_30_ogd(smoke_dir):
 
 def test_31_lmc(smoke_dir):
     m = run("31_lmc", smoke_dir)["metrics"]
-    assert m["n_points"] == 3 and m["lmc_barrier_base_clean"] >= 0 and m["lmc_chord_barrier_base_finetuned"] >= 0
-    assert m["lmc_barrier_domain_base_clean"] >= 0 and 0 <= m["t_domain_min_finetuned_path"] <= 1
-    assert abs(m["domain_loss_base"] - m["domain_loss_finetuned"]) < 1.0     # four smoke steps move the loss a little
+    assert m["n_points"] == 3 and m["domain_loss_finetuned"] < m["domain_loss_base"] < m["domain_loss_finetuned"] + 0.2
+    assert m["lmc_barrier_domain_base_finetuned"] == pytest.approx(m["domain_loss_base"] - m["domain_loss_finetuned"], abs=1e-9)   # a monotone path: B is the endpoint gap (eq. 11)
+    assert m["lmc_chord_barrier_domain_base_finetuned"] < 0.01
 
 
 def test_40_transfer(smoke_dir):
