@@ -94,14 +94,10 @@ def mean_token_loss(model, tokenizer, texts: list[str], batch_size: int = 16) ->
         n += int(target_mask(enc).sum())
     return tot / n
 
-@torch.no_grad()
 def window_loss(model, windows: torch.Tensor, batch_size: int = 8) -> float:
-    "Mean next-token cross-entropy (nats/token) over `windows`, a (n, seq_len) tensor of token ids with no padding."
-    dev, tot, n = next(model.parameters()).device, 0.0, 0
-    for x in windows.split(batch_size):
-        b = dict(input_ids=x.to(dev), attention_mask=torch.ones_like(x, device=dev))
-        tot += next_token_loss(model(**b, use_cache=False).logits, b, "sum", dtype=torch.float64).item(); n += int(target_mask(b).sum())
-    return tot / n
+    "Mean next-token cross-entropy (nats/token) over `windows`, a (n, seq_len) tensor of token ids with no padding (`kfac.batch_loss`)."
+    from ortho_nbs.kfac import batch_loss
+    return batch_loss(model, [dict(input_ids=x, attention_mask=torch.ones_like(x)) for x in windows.split(batch_size)])
 
 def canary_report(model, tokenizer, canaries: list[dict], batch_size: int = 16, greedy: bool = False, progress: bool = True) -> dict:
     """{'extraction', 'exposure' (mean bits), 'extracted' (per canary), 'exposures'} for `canaries`.
