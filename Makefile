@@ -24,8 +24,12 @@ paper: setup
 smoke: setup
 	$(BIN)/ortho-nbs reproduce --profile smoke
 
+# Two pytest-xdist workers (each with its share of the cores; see tests/conftest.py): the smoke notebooks are mostly
+# generation loops that leave a second core idle; each test file runs on one worker, and the notebook tests come in
+# two files of about equal length (tests/conftest.py). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # curvlinops pulls backpack -> torchvision; naming $(TORCH) again keeps pip from swapping in another torch build, and
 # a torchvision built for another torch (only backpack's examples import it) breaks `import transformers`: removed.

@@ -1,6 +1,6 @@
 """Speed and memory of ortho-nbs, as ratios measured in one run on one machine (never asserted in tests).
 
-    .venv/bin/python benchmarks/run.py [--quick] [--device cpu|cuda|auto] [--only kfac]
+    .venv/bin/python benchmarks/run.py [--quick] [--device cpu|cuda|auto] [--only kfac|ddp|suite]
 
 Writes benchmarks/results.json (flat keys) and benchmarks/results.md (a table with the machine's description).
 """
@@ -168,6 +168,24 @@ included ({peak_how}).
 """
 
 
+def ddp_agreement(model_name: str, world: int = 2, quick: bool = False) -> dict:
+    "K-FAC and the plain + OGD fine-tunes with `world` torchrun processes against one process (benchmarks/ddp_agreement.py)."
+    seqs, seq_len, bs = (4, 64, 2) if quick else (8, 128, 4)
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddp_agreement.py"), "--model", model_name, "--out", d,
+                        "--sequences", str(seqs), "--seq-len", str(seq_len), "--batch-size", str(bs), "--steps", "3",
+                        "--compare", str(world)], check=True)
+        res = json.loads((Path(d) / "agreement.json").read_text())
+    res["ddp_setting"] = (f"{model_name}, {world} processes (gloo/NCCL) vs 1: K-FAC of {res['n_layers']} layers over {res['n_tokens']} "
+                          f"tokens; plain + OGD fine-tunes (OGD eigenbasis from the one-process factors), 3 steps, MLP up/down of the last 2 blocks")
+    return res
+
+def test_suite_time() -> dict:
+    "Wall time of `make test` (the README's test command; setup is a no-op once .venv is installed)."
+    t0 = time.perf_counter()
+    r = subprocess.run(["make", "test"], cwd=ROOT)
+    return dict(test_suite_s=time.perf_counter() - t0, test_suite_passed=r.returncode == 0)
+
 def write_results(out):
     (ROOT / "benchmarks" / "results.json").write_text(json.dumps(out, indent=1))
     rows = [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in out.items()]
@@ -182,8 +200,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer prompts and tokens (about a minute)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--only", choices=["kfac"], default=None,
-                    help="kfac: only the K-FAC timings (real model and tiny), merged into the existing results.json")
+    ap.add_argument("--only", choices=["kfac", "ddp", "suite"], default=None,
+                    help="kfac: only the K-FAC timings (real model and tiny); ddp: 2 processes vs 1 on SmolLM2-135M; "
+                         "suite: the test suite's wall time; merged into the existing results.json")
     a = ap.parse_args(argv)
     from ortho_nbs.models import load_model, packaged_gguf, resolve_device
     from ortho_nbs.hooks import residual_states, encode_prompts, with_positions, batches
@@ -193,9 +212,14 @@ def main(argv=None):
     out = dict(machine=platform.platform(), processor=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
                torch=torch.__version__, torch_threads=torch.get_num_threads(), device=str(dev),
                gpu=torch.cuda.get_device_name(0) if dev.type == "cuda" else None)
-    if a.only == "kfac":
+    if a.only:
         path = ROOT / "benchmarks" / "results.json"
         out = {**(json.loads(path.read_text()) if path.exists() else {}), **out}
+    if a.only == "ddp":
+        out.update(ddp_agreement("smollm2-135m-instruct", 2, a.quick)); print(write_results(out)); return
+    if a.only == "suite":
+        out.update(test_suite_time()); print(write_results(out)); return
+    if a.only == "kfac":
         model, tok = load_model("smollm2-135m-instruct", device=dev)
         out.update(kfac_real(model, tok, dev, seqs=8 if a.quick else 32))
         out.update(curvlinops_comparison())

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from .hooks import decoder_layers, writer_weight, batches as _chunks
+from .distributed import world, shard, all_reduce_sum_, all_reduce_number
 
 # %% auto #0
 __all__ = ['FISHER_TYPES', 'layer_weight', 'linear_modules', 'lm_batches', 'target_mask', 'next_token_loss', 'grads_only_for',
@@ -103,16 +104,25 @@ def kfac_factors(model, batches: list[dict], modules: dict[str, nn.Module] | lis
 
     A = E[a a^T] over the layer inputs (a bias column appended when the layer has a bias), G = E[g g^T] over the
     gradients of the summed next-token loss w.r.t. its outputs, both averaged over target positions; 'D' is the
-    diagonal empirical Fisher when `diagonal=True`."""
+    diagonal empirical Fisher when `diagonal=True`.
+
+    Under torch.distributed (`06_distributed`) every rank passes the same `batches`, accumulates its share (batches
+    r, r + W, ...) and the sums are all-reduced: each rank returns the factors of all the batches, equal to one
+    process's up to float rounding. There the EMA is refused (it depends on the batches' order) and `fisher="true"`
+    samples each rank's labels from its own generator (seed + rank): the same estimator, another draw."""
     if fisher not in FISHER_TYPES: raise ValueError(f"fisher={fisher!r}; supported: {FISHER_TYPES}")
     if ema is not None and not 0 < ema < 1: raise ValueError(f"ema={ema}: the decay must be in (0, 1), or None for the exact mean")
+    rank, n_ranks = world()
+    if n_ranks > 1 and ema is not None:
+        raise ValueError("ema: the paper's EMA follows the batches' order, which data parallelism does not keep; use ema=None under torch.distributed")
+    if n_ranks > 1 and len(batches) < n_ranks: raise ValueError(f"{len(batches)} batches for {n_ranks} ranks: give every rank at least one")
     mods = linear_modules(model) if modules is None else (modules if isinstance(modules, dict) else linear_modules(model, modules))
     dev = next(model.parameters()).device
     leaf = _SYM_LEAF.get(dev.type, 1 << 30)
     has_bias = {n: getattr(m, "bias", None) is not None for n, m in mods.items()}
     acc = {n: dict(A=None, G=None, D=None, n=0) for n in mods}
     sharers = {}        # id(an A accumulator) -> the modules whose A it is (q/k/v share one, as do gate/up)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + rank)
     state, handles = {}, []
 
     def fold(st, key, a):
@@ -168,7 +178,7 @@ def kfac_factors(model, batches: list[dict], modules: dict[str, nn.Module] | lis
         for n, m in mods.items(): handles.append(m.register_forward_hook(fwd(n)))
         emb = model.get_input_embeddings()
         with grads_only_for(model, []):      # no weight gradients: the backward goes to the layer outputs only
-            for b in tqdm(batches, desc=f"K-FAC ({fisher})", disable=not progress, leave=False):
+            for b in tqdm(shard(batches), desc=f"K-FAC ({fisher})", disable=not progress or rank > 0, leave=False):
                 mask = target_mask(b).to(dev); nb = int(mask.sum())
                 if nb == 0: continue
                 state.clear(); state.update(idx=mask.flatten().nonzero().squeeze(1), nb=nb, a={})
@@ -185,6 +195,12 @@ def kfac_factors(model, batches: list[dict], modules: dict[str, nn.Module] | lis
     finally:
         for h in handles: h.remove()
         state.clear()
+    if n_ranks > 1:     # one process over all the batches = the sum of the ranks' sums
+        if all_reduce_number(int(any(st["A"] is None or st["G"] is None for st in acc.values())), "max"):
+            raise ValueError("a rank saw no target positions in its batches: give more batches, or sequences with targets")
+        all_reduce_sum_([st[k] for st in acc.values() for k in ("A", "G", "D") if st[k] is not None])
+        total = all_reduce_number(next(iter(acc.values()))["n"])
+        for st in acc.values(): st["n"] = total
     out, done, masks = {}, {}, {}
     def full(C, scale):
         upper = masks.get(C.shape[0])

@@ -13,7 +13,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from .hooks import encode, with_positions, batches as _chunks
 from .kfac import (layer_weight, next_token_loss, target_mask, grads_only_for, kronecker_eigenbasis,
-                            curvature_grid, project_delta)
+                            curvature_grid, project_delta, kfac_factors)
+from .models import cache_dir, cached_entry, _warn
+from .distributed import world, is_distributed, all_reduce_sum_, all_reduce_number
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'canary_scores', 'secret_logprobs', 'exposure', 'extraction', 'mean_token_loss', 'window_loss',
@@ -141,6 +143,21 @@ def _source_batch(tokenizer, source, idx: list[int], dev) -> dict:
         return dict(input_ids=x, attention_mask=torch.ones_like(x))
     return with_positions(encode(tokenizer, [source[i] for i in idx], dev, add_special_tokens=True))
 
+def _data_parallel_grads(model, tokenizer, data, idx: list[int], weights: list, dev) -> tuple[torch.Tensor, list]:
+    "(mean loss, its gradients) over batch rows `idx`, computed data-parallel: this rank's rows idx[r::W], sums all-reduced."
+    rank, n_ranks = world(); mine = idx[rank::n_ranks]
+    if mine:
+        enc = _source_batch(tokenizer, data, mine, dev)
+        total = next_token_loss(model(**enc, use_cache=False).logits, enc, "sum")
+        count, gs = int(target_mask(enc).sum()), list(torch.autograd.grad(total, weights))
+        total = total.detach().reshape(1)
+    else:
+        count, gs, total = 0, [torch.zeros_like(w) for w in weights], torch.zeros(1, device=dev)
+    n = all_reduce_number(count)
+    if n == 0: raise ValueError("no target positions in this step's batch (sequences of one token?)")
+    all_reduce_sum_([*gs, total])
+    return total[0] / n, [g / n for g in gs]
+
 def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.Module], steps: int = 60,
                         lr: float = 1e-3, batch_size: int | dict[str, int] = 8, seed: int = 0, project: dict | None = None,
                         betas=(0.9, 0.999), eps: float = 1e-8, evaluate=None, eval_every: int = 0,
@@ -150,6 +167,8 @@ def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.M
     `sources` maps a name to a list of texts or to a (n, seq_len) tensor of token windows; `batch_size` is one size
     for all or {source: size}. `project[source](name, step)` transforms that source's share of each step (OGD, eq. 7).
     `evaluate(model)` -> {metric: number}, if given, runs at step 0, every `eval_every` steps and after the last.
+    Under torch.distributed every rank passes the same sources and seed (so all draw the same batch indices), works on
+    its share of each batch's rows and all-reduces the summed gradients: the same steps as one process, up to rounding.
     Returns {'delta': {name: dW}, 'parts': {source: {name: dW_s}}, 'losses': {source: [...]}, 'curve': [{'step', ...}],
     'seen': {source: [indices drawn]}} with dW = sum_s dW_s in (d_out, d_in) layout."""
     if not sources or any(len(t) == 0 for t in sources.values()): raise ValueError("every data source needs at least one text")
@@ -171,14 +190,16 @@ def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.M
             curve.append(dict(step=t, **{k: float(x) for k, x in evaluate(model).items()}))
     record(0)
     with grads_only_for(model, [m.weight for m in modules.values()]):
-        bar = tqdm(range(1, steps + 1), desc="fine-tune", disable=not progress, leave=False)
+        bar = tqdm(range(1, steps + 1), desc="fine-tune", disable=not progress or world()[0] > 0, leave=False)
         for t in bar:
             grads = {}
             for s, data in sources.items():
                 idx = torch.randperm(len(data), generator=gen)[:bs[s]].tolist(); seen[s].update(idx)
-                enc = _source_batch(tokenizer, data, idx, dev)
-                loss = next_token_loss(model(**enc, use_cache=False).logits, enc)
-                gs = torch.autograd.grad(loss, [m.weight for m in modules.values()])
+                if is_distributed(): loss, gs = _data_parallel_grads(model, tokenizer, data, idx, [m.weight for m in modules.values()], dev)
+                else:
+                    enc = _source_batch(tokenizer, data, idx, dev)
+                    loss = next_token_loss(model(**enc, use_cache=False).logits, enc)
+                    gs = torch.autograd.grad(loss, [m.weight for m in modules.values()])
                 gs = {n: (g.T if g.shape != W[n].shape else g) for n, g in zip(modules, gs)}
                 if not all(torch.isfinite(g).all() for g in gs.values()):
                     raise FloatingPointError(f"non-finite gradient at step {t} ({s}): lower lr={lr}")
@@ -289,9 +310,9 @@ def libortho_finetunes(model, tokenizer, private: list[str], public, factor_batc
     `factor_batches` (else computed here); `evaluate`, `eval_every`: a curve along each fine-tune (see
     `attributed_finetune`), cached with it under `eval_id`, which names what `evaluate` measures (give one with `evaluate`).
     Returns {'factors', 'bases', 'masks', 'plain', 'ogd', 'cached' (path), 'loaded'}; 'plain' and 'ogd' hold 'delta', 'parts',
-    'losses', 'curve' and 'seen' as `attributed_finetune` returns them. The model's weights are left at the base."""
-    from ortho_nbs.kfac import kfac_factors
-    from ortho_nbs.models import cache_dir, cached_entry, _warn
+    'losses', 'curve' and 'seen' as `attributed_finetune` returns them. The model's weights are left at the base.
+    Under torch.distributed the factors and fine-tunes run data-parallel and are not cached (every rank would have to
+    agree on the cache's state before the collectives start)."""
     if evaluate is not None and cache and not eval_id:
         raise ValueError("give eval_id, a name for what `evaluate` measures: the cached curves are only reused for the same evaluation")
     if factors is None: factors = kfac_factors(model, factor_batches, modules=modules, diagonal=True, seed=seed, progress=progress)
@@ -324,6 +345,9 @@ def libortho_finetunes(model, tokenizer, private: list[str], public, factor_batc
             except Exception as e: _warn(f"ortho-nbs cache: {legacy} does not load ({type(e).__name__}); fine-tuning again")
         if runs is None: runs = built["runs"] = finetune_both()
         tmp.mkdir(); torch.save(runs, tmp / "runs.pt")
+    if cache and is_distributed():
+        if world()[0] == 0: _warn("ortho-nbs: under torch.distributed the fine-tunes are computed, not cached")
+        cache = False
     if cache:
         cached_entry(folder, build, source="a new fine-tune")
         legacy.unlink(missing_ok=True)

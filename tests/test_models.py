@@ -42,7 +42,8 @@ def test_save_refuses_existing_and_source(tmp_path):
     with pytest.raises(ValueError, match="source"): save_model(loaded, tok, out, overwrite=True)
     save_model(model, tok, out, overwrite=True)              # asked for: replaced whole
     assert not (out / "marker").exists()
-    assert AutoModelForCausalLM.from_pretrained(out) is not None
+    replaced, x = AutoModelForCausalLM.from_pretrained(out), torch.tensor([[5, 9, 13, 20]])
+    with torch.no_grad(): assert torch.equal(replaced(x).logits, model(x).logits)   # the new save, not the old files
 
 
 def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
