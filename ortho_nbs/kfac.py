@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
-from .hooks import decoder_layers, writer_weight, batches as _chunks
+from safetensors.torch import save_file, load_file
+from .hooks import decoder_layers, writer_weight, encode, with_positions, batches as _chunks
 from .distributed import world, shard, all_reduce_sum_, all_reduce_number
 
 # %% auto #0
@@ -231,7 +232,6 @@ def _brute_force_factors(model, batch, name, module):
 # %% ../nbs/20_kfac.ipynb #c1398e53
 def save_factors(factors: dict, path: str | Path) -> Path:
     "Write factors to `path` (.safetensors) and `path`.json (counts)."
-    from safetensors.torch import save_file
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"{n}::{k}": v.contiguous() for n, f in factors.items() for k, v in f.items() if torch.is_tensor(v)}
     save_file(tensors, str(path))
@@ -240,7 +240,6 @@ def save_factors(factors: dict, path: str | Path) -> Path:
 
 def load_factors(path: str | Path) -> dict:
     "Factors written by `save_factors`."
-    from safetensors.torch import load_file
     path = Path(path); t = load_file(str(path)); counts = json.loads(path.with_suffix(path.suffix + ".json").read_text())
     out = {n: dict(n=c) for n, c in counts.items()}
     for k, v in t.items(): n, key = k.split("::"); out[n][key] = v
@@ -367,7 +366,6 @@ def directional_curvature(model, module: nn.Module, D: torch.Tensor, batches: li
 def finetune(model, tokenizer, texts: list[str], modules: dict[str, nn.Module], steps: int = 30, lr: float = 3e-4,
              batch_size: int = 8, seed: int = 0, grad_transform=None, progress: bool = True) -> dict:
     "Fine-tune the weights of `modules` in place; returns {'delta': {name: W_ft - W_base (d_out x d_in)}, 'losses': [...]}."
-    from ortho_nbs.hooks import encode, with_positions
     gen = torch.Generator().manual_seed(seed)
     base = {n: layer_weight(m).detach().clone() for n, m in modules.items()}
     params = [m.weight for m in modules.values()]

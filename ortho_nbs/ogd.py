@@ -13,7 +13,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from .hooks import encode, with_positions, batches as _chunks
 from .kfac import (layer_weight, next_token_loss, target_mask, grads_only_for, kronecker_eigenbasis,
-                            curvature_grid, project_delta, kfac_factors)
+                            curvature_grid, project_delta, kfac_factors, batch_loss, _check_delta)
+from .evaluation import generate
 from .models import cache_dir, cached_entry, _warn
 from .distributed import world, is_distributed, all_reduce_sum_, all_reduce_number
 
@@ -80,7 +81,6 @@ def exposure(logp: torch.Tensor, secrets: list[str]) -> torch.Tensor:
 # %% ../nbs/30_ogd.ipynb #dead711e
 def extraction(model, tokenizer, canaries: list[dict], batch_size: int = 16, progress: bool = True) -> list[bool]:
     "Whether greedy decoding from each canary's prefix reproduces its secret exactly (the paper's extraction, by generation)."
-    from ortho_nbs.evaluation import generate
     n_tok = 2 * len(canaries[0]["secret"].split("-")) + 1
     outs = generate(model, tokenizer, [c["prefix"] for c in canaries], n_tok, batch_size, chat=False, progress=progress,
                     desc="extraction")
@@ -98,7 +98,6 @@ def mean_token_loss(model, tokenizer, texts: list[str], batch_size: int = 16) ->
 
 def window_loss(model, windows: torch.Tensor, batch_size: int = 8) -> float:
     "Mean next-token cross-entropy (nats/token) over `windows`, a (n, seq_len) tensor of token ids with no padding (`kfac.batch_loss`)."
-    from ortho_nbs.kfac import batch_loss
     return batch_loss(model, [dict(input_ids=x, attention_mask=torch.ones_like(x)) for x in windows.split(batch_size)])
 
 def canary_report(model, tokenizer, canaries: list[dict], batch_size: int = 16, greedy: bool = False, progress: bool = True) -> dict:
@@ -128,7 +127,6 @@ def kfac_split(dW: torch.Tensor, basis: dict, remove_fraction: float) -> dict:
 
 def ogd_project(grad: torch.Tensor, basis: dict, mask: torch.Tensor) -> torch.Tensor:
     "The gradient with its component in S_gen removed (eq. 7); `grad` is (d_out, d_in), the result has its dtype."
-    from ortho_nbs.kfac import _check_delta
     _check_delta(grad, basis)
     if mask.shape != grad.shape: raise ValueError(f"mask {tuple(mask.shape)} does not match the gradient {tuple(grad.shape)}")
     UG, UA = basis["U_G"].to(grad), basis["U_A"].to(grad)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+from .kfac import weight_hvp
 
 # %% auto #0
 __all__ = ['lanczos', 'slq_density', 'density_on_grid', 'block_hvp']
@@ -54,6 +55,5 @@ def density_on_grid(slq: dict, grid: torch.Tensor, sigma: float) -> torch.Tensor
 # %% ../nbs/21_spectra.ipynb #4bb42625
 def block_hvp(model, module: nn.Module, batches: list[dict]):
     "v -> H v for the Hessian of the mean next-token loss on `batches` w.r.t. `module.weight` (flattened, float64 in and out)."
-    from ortho_nbs.kfac import weight_hvp
     W = module.weight
     return lambda v: weight_hvp(model, module, batches, v.to(W.device, W.dtype).view_as(W)).flatten()
