@@ -10,7 +10,7 @@ then compares them and prints one JSON line (also written to OUT/agreement.json)
     python benchmarks/ddp_agreement.py --model tiny --out /tmp/ddp --compare 2
 
 What runs: K-FAC factors (empirical, with the diagonal Fisher) of every linear layer over `--sequences` public-text
-sequences, then `30_ogd`'s plain and OGD fine-tunes (`attributed_finetune`, per-source Adam moments, the OGD
+sequences, then `30_ogd`'s plain and OGD fine-tunes (`libortho_finetunes`: per-source Adam moments, the OGD
 projection from those factors) of the MLP up/down projections of the last `--train-blocks` blocks, on token windows of
 the public text and on canary texts. Factors: max |x_W - x_1| / max |x_1| per tensor, the largest over tensors.
 Fine-tunes: ||dW_W - dW_1||_F / ||dW_1||_F, the largest over the deltas and per-source shares; beside it the same
@@ -29,8 +29,8 @@ def worker(a) -> None:
     from ortho_nbs.models import load_model, tiny_model, tiny_tokenizer, set_seed
     from ortho_nbs.data import public_documents, canaries
     from ortho_nbs.hooks import decoder_layers
-    from ortho_nbs.kfac import kfac_factors, lm_batches, linear_modules, kronecker_eigenbasis, layer_weight
-    from ortho_nbs.ogd import attributed_finetune, flat_subspace_mask, ogd_project, with_deltas
+    from ortho_nbs.kfac import kfac_factors, lm_batches, linear_modules
+    from ortho_nbs.ogd import libortho_finetunes
     rank, world = init_distributed()
     set_seed(a.seed)
     dev = rank_device()
@@ -47,18 +47,13 @@ def worker(a) -> None:
     # comparison of fine-tunes is not also a comparison of eigenbases (eigenvectors of near-equal eigenvalues rotate
     # under any 1e-7 change of the factors, and the S_gen mask cuts through such clusters)
     src = {n: {k: v.to(dev) for k, v in f.items()} for n, f in torch.load(a.factors_from)["factors"].items()} if a.factors_from else factors
-    bases = {n: kronecker_eigenbasis(src[n]["A"], src[n]["G"]) for n in mods}
-    masks = {n: flat_subspace_mask(b, 0.5) for n, b in bases.items()}
-    b32 = {n: dict(U_G=b["U_G"].float(), U_A=b["U_A"].float()) for n, b in bases.items()}
     windows = torch.cat([b["input_ids"] for b in batches])
-    sources = dict(public=windows, private=[c["text"] for c in canaries(a.canaries, seed=a.seed)])
-    base = {n: layer_weight(m).detach().clone() for n, m in mods.items()}
-    runs, t0 = {}, time.perf_counter()
-    for label, proj in (("plain", None), ("ogd", dict(private=lambda n, g: ogd_project(g, b32[n], masks[n])))):
-        with with_deltas(mods, base, None):
-            r = attributed_finetune(model, tok, sources, mods, a.steps, a.lr, dict(public=a.batch_size, private=a.batch_size),
-                                    a.seed, proj, progress=False)
-        runs[label] = dict(delta=r["delta"], parts=r["parts"], losses=r["losses"])
+    texts = [c["text"] for c in canaries(a.canaries, seed=a.seed)]
+    t0 = time.perf_counter()     # 30_ogd's own pair of fine-tunes: plain, then OGD with the private share projected
+    ft = libortho_finetunes(model, tok, texts, windows, batches, mods, 0.5, a.steps, a.lr,
+                            dict(public=a.batch_size, private=a.batch_size), a.seed, factors={n: src[n] for n in mods},
+                            cache=False, progress=False)
+    runs = {l: dict(delta=ft[l]["delta"], parts=ft[l]["parts"], losses=ft[l]["losses"]) for l in ("plain", "ogd")}
     t_ft = time.perf_counter() - t0
     if rank == 0:
         out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
