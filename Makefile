@@ -7,7 +7,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 
-.PHONY: setup paper smoke test bench clean-runs site site-check
+.PHONY: setup paper smoke test quick bench clean-runs site site-check
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -30,6 +30,11 @@ smoke: setup
 TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
+
+# The notebooks' own quick checks (the cells after each exported function, on tiny models) without the experiments:
+# nbdev-test skips the cells flagged `#| notest`, which are the ones that load a real model. About 2 minutes.
+quick: setup
+	$(BIN)/nbdev-test --n-workers 2
 
 # curvlinops pulls backpack -> torchvision; naming $(TORCH) again keeps pip from swapping in another torch build, and
 # a torchvision built for another torch (only backpack's examples import it) breaks `import transformers`: removed.

@@ -29,7 +29,8 @@ def worker(a) -> None:
     from ortho_nbs.models import load_model, tiny_model, tiny_tokenizer, set_seed
     from ortho_nbs.data import public_documents, canaries
     from ortho_nbs.hooks import decoder_layers
-    from ortho_nbs.kfac import kfac_factors, lm_batches, linear_modules
+    from ortho_nbs.kfac import kfac_factors
+    from ortho_nbs.training import lm_batches, linear_modules
     from ortho_nbs.ogd import libortho_finetunes
     rank, world = init_distributed()
     set_seed(a.seed)

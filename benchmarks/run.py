@@ -1,6 +1,6 @@
 """Speed and memory of ortho-nbs, as ratios measured in one run on one machine (never asserted in tests).
 
-    .venv/bin/python benchmarks/run.py [--quick] [--device cpu|cuda|auto] [--only kfac|ddp|suite]
+    .venv/bin/python benchmarks/run.py [--quick] [--device cpu|cuda|auto] [--only kfac|ddp|suite|prefix]
 
 Writes benchmarks/results.json (flat keys) and benchmarks/results.md (a table with the machine's description).
 """
@@ -105,7 +105,8 @@ def curvlinops_comparison(repeat=5):
     except ImportError:
         return dict(kfac_curvlinops_over_ours=None, kfac_curvlinops_note="curvlinops-for-pytorch is not installed")
     from ortho_nbs.models import tiny_model, tiny_tokenizer
-    from ortho_nbs.kfac import kfac_factors, linear_modules, lm_batches
+    from ortho_nbs.kfac import kfac_factors
+    from ortho_nbs.training import linear_modules, lm_batches
     model, tok = tiny_model("llama", n_layers=4, d_model=64), tiny_tokenizer()
     text = ["the quick brown fox jumps over the lazy dog, then naps in the warm afternoon sun"] * 40
     batches = lm_batches(tok, text, seq_len=64, batch_size=8)
@@ -125,7 +126,8 @@ def kfac_real(model, tok, dev, seqs=32, repeat=3):
     KFACLinearOperator, the same batches of public text, `repeat` interleaved rounds after a warm-up that also measures
     each one's peak memory and the factors' agreement."""
     from ortho_nbs.data import public_documents
-    from ortho_nbs.kfac import kfac_factors, lm_batches, next_token_loss, linear_modules
+    from ortho_nbs.kfac import kfac_factors
+    from ortho_nbs.training import lm_batches, next_token_loss, linear_modules
     lb = [{k: v.to(dev) for k, v in b.items()} for b in lm_batches(tok, public_documents(split="train"), 128, 8, seqs)]
     mods = linear_modules(model)
     def fwd_bwd():
@@ -168,6 +170,30 @@ included ({peak_how}).
 """
 
 
+def frozen_prefix_real(model, tok, dev, n_canaries=128, n_windows=16, first=16, repeat=3):
+    """30_ogd's evaluation of one weight variant (teacher-forced canary pass + held-out domain loss) on the real model,
+    in full vs with `frozen_prefix` (blocks below the fine-tuned ones replayed), interleaved; results must be equal."""
+    from ortho_nbs.data import canaries, public_documents
+    from ortho_nbs.training import lm_batches, frozen_prefix
+    from ortho_nbs.ogd import canary_scores, window_loss
+    cans = canaries(n_canaries, seed=0)
+    domain = torch.cat([b["input_ids"] for b in lm_batches(tok, public_documents(split="heldout"), 128, 64, n_windows)])
+    evaluate = lambda: (canary_scores(model, tok, cans)["loss"], window_loss(model, domain))
+    full = evaluate()
+    with frozen_prefix(model, first) as store:
+        evaluate(); kept = dict(store)                 # the first pass keeps the stream entering block `first`
+        same = evaluate() == full
+    def with_prefix():
+        with frozen_prefix(model, first) as store:
+            store.update(kept); evaluate()              # every batch a repeat, as for the 2nd..nth weight variant
+    med, _ = interleaved(dict(full=evaluate, prefix=with_prefix), repeat)
+    med_full, t_prefix = med["full"], med["prefix"]
+    return dict(eval_variant_full_s=med_full, eval_variant_prefix_s=t_prefix,
+                frozen_prefix_speedup=med_full / t_prefix, frozen_prefix_identical=bool(same),
+                frozen_prefix_setting=f"SmolLM2-135M-Instruct, {n_canaries} canaries + {n_windows} x 128 held-out tokens, "
+                                      f"blocks 0..{first - 1} frozen (30_ogd's fine-tuned blocks start at {first}), median of {repeat}")
+
+
 def ddp_agreement(model_name: str, world: int = 2, quick: bool = False) -> dict:
     "K-FAC and the plain + OGD fine-tunes with `world` torchrun processes against one process (benchmarks/ddp_agreement.py)."
     seqs, seq_len, bs = (4, 64, 2) if quick else (8, 128, 4)
@@ -200,9 +226,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer prompts and tokens (about a minute)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--only", choices=["kfac", "ddp", "suite"], default=None,
+    ap.add_argument("--only", choices=["kfac", "ddp", "suite", "prefix"], default=None,
                     help="kfac: only the K-FAC timings (real model and tiny); ddp: 2 processes vs 1 on SmolLM2-135M; "
-                         "suite: the test suite's wall time; merged into the existing results.json")
+                         "suite: the test suite's wall time; prefix: 30_ogd's evaluation with and without frozen_prefix; "
+                         "merged into the existing results.json")
     a = ap.parse_args(argv)
     from ortho_nbs.models import load_model, packaged_gguf, resolve_device
     from ortho_nbs.hooks import residual_states, encode_prompts, with_positions, batches
@@ -219,6 +246,9 @@ def main(argv=None):
         out.update(ddp_agreement("smollm2-135m-instruct", 2, a.quick)); print(write_results(out)); return
     if a.only == "suite":
         out.update(test_suite_time()); print(write_results(out)); return
+    if a.only == "prefix":
+        model, tok = load_model("smollm2-135m-instruct", device=dev)
+        out.update(frozen_prefix_real(model, tok, dev)); print(write_results(out)); return
     if a.only == "kfac":
         model, tok = load_model("smollm2-135m-instruct", device=dev)
         out.update(kfac_real(model, tok, dev, seqs=8 if a.quick else 32))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_kfac.ipynb #82a02f66
 from __future__ import annotations
-import json
+import json, warnings
 from contextlib import contextmanager
 from pathlib import Path
 import torch
@@ -13,70 +13,20 @@ from torch import nn
 from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
 from .hooks import decoder_layers, writer_weight, encode, with_positions, batches as _chunks
+# the training plumbing (07_training); importing it from here keeps working for one release
+from .training import (linear_modules, layer_weight, lm_batches, target_mask, next_token_loss, grads_only_for,
+                                batch_loss, finetune)
 from .distributed import world, shard, all_reduce_sum_, all_reduce_number
 
 # %% auto #0
-__all__ = ['FISHER_TYPES', 'layer_weight', 'linear_modules', 'lm_batches', 'target_mask', 'next_token_loss', 'grads_only_for',
-           'kfac_factors', 'save_factors', 'load_factors', 'kronecker_eigenbasis', 'project_delta', 'curvature_grid',
-           'curvature_split', 'kfac_quadratic', 'diagonal_quadratic', 'exact_fisher_quadratic', 'batch_loss',
-           'finite_difference_curvature', 'weight_hvp', 'directional_curvature', 'finetune']
+__all__ = ['FISHER_TYPES', 'kfac_factors', 'save_factors', 'load_factors', 'kronecker_eigenbasis', 'check_delta', 'project_delta',
+           'curvature_grid', 'curvature_split', 'flat_subspace_mask', 'kfac_split', 'diagonal_split', 'kfac_quadratic',
+           'diagonal_quadratic', 'exact_fisher_quadratic', 'finite_difference_curvature', 'weight_hvp',
+           'directional_curvature']
 
 # %% ../nbs/20_kfac.ipynb #6611169c
-FISHER_TYPES = ("empirical", "true")
+FISHER_TYPES = ("empirical", "mc")   # "true" is accepted as the deprecated name of "mc"
 
-def _is_linear(m): return isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"
-
-def linear_modules(model, include: list[str] | None = None, layers: list[int] | None = None) -> dict[str, nn.Module]:
-    "Linear modules of the decoder blocks as {'<layer>.<path>': module}; `include` filters by name suffix (e.g. 'mlp.down_proj')."
-    blocks = decoder_layers(model)
-    layers = list(range(len(blocks))) if layers is None else list(layers)
-    bad = [l for l in layers if not 0 <= l < len(blocks)]
-    if bad: raise IndexError(f"layers {bad} do not exist: {type(model).__name__} has layers 0..{len(blocks) - 1}")
-    out = {f"{l}.{n}": m for l in layers for n, m in blocks[l].named_modules()
-           if _is_linear(m) and (include is None or any(n.endswith(s) for s in include))}
-    if not out:
-        names = sorted({n for n, m in blocks[0].named_modules() if _is_linear(m)})
-        raise ValueError(f"no linear module matches include={include}; block 0 has: {', '.join(names)}")
-    return out
-
-layer_weight = writer_weight   # (d_out x d_in) view of an nn.Linear or Conv1D weight
-
-# %% ../nbs/20_kfac.ipynb #6423f682
-def lm_batches(tokenizer, texts: list[str], seq_len: int = 128, batch_size: int = 8, n_sequences: int | None = None) -> list[dict]:
-    "Consecutive `seq_len`-token windows of the concatenated `texts` (BOS first if the tokenizer has one), in batches."
-    sep = tokenizer.eos_token or "\n\n"
-    ids = tokenizer(sep.join(texts), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-    bos = getattr(tokenizer, "bos_token_id", None)
-    body = seq_len - (bos is not None)
-    n = len(ids) // body if n_sequences is None else min(n_sequences, len(ids) // body)
-    if n == 0: raise ValueError(f"texts give {len(ids)} tokens, fewer than one sequence of {seq_len}")
-    x = ids[: n * body].view(n, body)
-    if bos is not None: x = torch.cat([torch.full((n, 1), bos), x], 1)
-    return [dict(input_ids=b, attention_mask=torch.ones_like(b)) for b in torch.split(x, batch_size)]
-
-def target_mask(batch: dict) -> torch.Tensor:
-    "(B, T) bool: positions t with a real token at t and at t+1 (so a next-token loss exists)."
-    m = batch["attention_mask"].bool()
-    out = torch.zeros_like(m); out[:, :-1] = m[:, :-1] & m[:, 1:]
-    return out
-
-def next_token_loss(logits: torch.Tensor, batch: dict, reduction: str = "mean", labels: torch.Tensor | None = None,
-                    dtype=torch.float32):
-    "Cross-entropy of `logits` (B, T, V) against the next tokens (or `labels`) at the target positions of `batch`."
-    mask = target_mask(batch).to(logits.device)
-    labels = torch.roll(batch["input_ids"].to(logits.device), -1, 1) if labels is None else labels
-    return F.cross_entropy(logits[mask].to(dtype), labels[mask], reduction=reduction)
-
-@contextmanager
-def grads_only_for(model, params: list):
-    "Within the block only `params` require gradients; every parameter's flag is restored afterwards."
-    flags = [p.requires_grad for p in model.parameters()]
-    try:
-        for p in model.parameters(): p.requires_grad_(False)
-        for p in params: p.requires_grad_(True)
-        yield
-    finally:
-        for p, f in zip(model.parameters(), flags): p.requires_grad_(f)
 
 # %% ../nbs/20_kfac.ipynb #675a7242
 def _sampled_labels(logits, gen):
@@ -109,8 +59,11 @@ def kfac_factors(model, batches: list[dict], modules: dict[str, nn.Module] | lis
 
     Under torch.distributed (`06_distributed`) every rank passes the same `batches`, accumulates its share (batches
     r, r + W, ...) and the sums are all-reduced: each rank returns the factors of all the batches, equal to one
-    process's up to float rounding. There the EMA is refused (it depends on the batches' order) and `fisher="true"`
+    process's up to float rounding. There the EMA is refused (it depends on the batches' order) and `fisher="mc"`
     samples each rank's labels from its own generator (seed + rank): the same estimator, another draw."""
+    if fisher == "true":
+        warnings.warn('fisher="true" is deprecated: it is a one-sample Monte-Carlo Fisher, fisher="mc"', DeprecationWarning, stacklevel=2)
+        fisher = "mc"
     if fisher not in FISHER_TYPES: raise ValueError(f"fisher={fisher!r}; supported: {FISHER_TYPES}")
     if ema is not None and not 0 < ema < 1: raise ValueError(f"ema={ema}: the decay must be in (0, 1), or None for the exact mean")
     rank, n_ranks = world()
@@ -257,7 +210,8 @@ def kronecker_eigenbasis(A: torch.Tensor, G: torch.Tensor, damping: float = 0.0)
         out[f"lam_{key}"], out[f"U_{key}"] = lam.clamp_min(0), U
     return out
 
-def _check_delta(dW, basis):
+def check_delta(dW, basis):
+    "Refuse a delta whose shape is not the (d_out, d_in) of the factors behind `basis`."
     want = (basis["U_G"].shape[0], basis["U_A"].shape[0])
     if tuple(dW.shape) != want:
         raise ValueError(f"delta has shape {tuple(dW.shape)} but the factors are for (d_out, d_in) = {want} "
@@ -265,28 +219,77 @@ def _check_delta(dW, basis):
 
 def project_delta(dW: torch.Tensor, basis: dict) -> torch.Tensor:
     "C = U_G^T dW U_A: the delta in the Kronecker eigenbasis (paper 2, eq. 4)."
-    _check_delta(dW, basis)
+    check_delta(dW, basis)
     return basis["U_G"].T @ dW.double() @ basis["U_A"]
 
 def curvature_grid(basis: dict) -> torch.Tensor:
     "lambda_G,i * lambda_A,j: the curvature of each entry C_ij (paper 2, §3.2)."
     return torch.outer(basis["lam_G"], basis["lam_A"])
 
-def curvature_split(dW: torch.Tensor, basis: dict, tau: float | None = None, fraction: float | None = None) -> dict:
-    "Split dW into 'high' (curvature > tau, or the top `fraction` of the grid) and 'low' = dW - high (paper 2, Theorem 1)."
-    if (tau is None) == (fraction is None): raise ValueError("give exactly one of tau (a curvature) or fraction (of grid entries, in (0, 1))")
+def _deprecated_share(fn: str, gen_fraction, old, old_name: str):
+    "`gen_fraction`, or the deprecated complement `old` (the share of the high-curvature part) with a warning."
+    if old is None: return gen_fraction, None
+    if gen_fraction is not None: raise TypeError(f"{fn}: give gen_fraction only ({old_name} is its deprecated complement)")
+    warnings.warn(f"{fn}({old_name}=x) is deprecated: use gen_fraction=1 - x (the share that holds dW_gen)", DeprecationWarning, stacklevel=3)
+    return None, old
+
+def _split_dict(gen: torch.Tensor, mem: torch.Tensor, **extra) -> dict:
+    "{'gen', 'mem', ...}; 'low' and 'high' are the same tensors under their pre-2026-11 names (one release)."
+    return dict(gen=gen, mem=mem, low=gen, high=mem, **extra)
+
+def curvature_split(dW: torch.Tensor, basis: dict, tau: float | None = None, fraction: float | None = None, *,
+                    gen_fraction: float | None = None) -> dict:
+    """Split dW into 'gen' (low curvature) and 'mem' = U_G (C ∘ M) U_A^T (high curvature), gen + mem = dW (paper 2, Theorem 1).
+
+    M is [λ_G,i λ_A,j > tau], or, with `gen_fraction`, every grid entry above the flattest `gen_fraction` of the grid
+    (all entries tied with the cut included). 'mask' is M, 'mem_energy_fraction' the share of ||C||² on M.
+    `fraction` (the share of M) is the deprecated complement of `gen_fraction`."""
+    gen_fraction, fraction = _deprecated_share("curvature_split", gen_fraction, fraction, "fraction")
+    if sum(x is not None for x in (tau, gen_fraction, fraction)) != 1:
+        raise ValueError("give exactly one of tau (a curvature) or gen_fraction (the share of grid entries that holds dW_gen, in (0, 1))")
     grid = curvature_grid(basis)
-    if fraction is not None:
-        if not 0 < fraction < 1: raise ValueError(f"fraction={fraction} must be in (0, 1)")
-        k = max(1, round(fraction * grid.numel()))
+    if tau is None:
+        share = gen_fraction if fraction is None else 1 - fraction
+        if not 0 < share < 1: raise ValueError(f"gen_fraction={share} must be in (0, 1)")
+        k = max(1, round(fraction * grid.numel()) if fraction is not None else grid.numel() - round(gen_fraction * grid.numel()))
         tau = torch.topk(grid.flatten(), k).values[-1].item()
         mask = grid >= tau
     else: mask = grid > tau
     C = project_delta(dW, basis)
-    high = (basis["U_G"] @ (C * mask) @ basis["U_A"].T).to(dW.dtype)
-    energy = (C ** 2).sum()
-    return dict(high=high, low=dW - high, mask=mask, tau=tau,
-                high_energy_fraction=((C ** 2 * mask).sum() / energy).item() if energy > 0 else 0.0)
+    mem = (basis["U_G"] @ (C * mask) @ basis["U_A"].T).to(dW.dtype)
+    energy = (C ** 2).sum(); share_mem = ((C ** 2 * mask).sum() / energy).item() if energy > 0 else 0.0
+    return _split_dict(dW - mem, mem, mask=mask, tau=tau, mem_energy_fraction=share_mem, high_energy_fraction=share_mem)
+
+def flat_subspace_mask(basis: dict, gen_fraction: float) -> torch.Tensor:
+    "M_gen: True on the flattest `gen_fraction` of the grid lambda_G,i * lambda_A,j (S_gen, paper 2 §3.3)."
+    if not 0 < gen_fraction < 1: raise ValueError(f"gen_fraction={gen_fraction} must be in (0, 1): the share of the grid that is S_gen")
+    grid = curvature_grid(basis); k = max(1, round(gen_fraction * grid.numel()))
+    mask = torch.zeros(grid.numel(), dtype=torch.bool); mask[grid.flatten().argsort()[:k]] = True
+    return mask.view(grid.shape)
+
+def kfac_split(dW: torch.Tensor, basis: dict, remove_fraction: float | None = None, *, gen_fraction: float | None = None) -> dict:
+    """{'gen', 'mem'}: dW's part on S_gen, the flattest `gen_fraction` of the grid (exactly that many entries), and the rest
+    (Theorem 1). `remove_fraction` is the deprecated complement of `gen_fraction`."""
+    gen_fraction, remove_fraction = _deprecated_share("kfac_split", gen_fraction, remove_fraction, "remove_fraction")
+    if (gen_fraction is None) == (remove_fraction is None): raise ValueError("give gen_fraction, the share of the grid that holds dW_gen")
+    keep = flat_subspace_mask(basis, gen_fraction if gen_fraction is not None else 1 - remove_fraction)
+    C = project_delta(dW, basis)
+    gen = (basis["U_G"] @ (C * keep) @ basis["U_A"].T).to(dW.dtype)
+    return _split_dict(gen, dW - gen)
+
+def diagonal_split(dW: torch.Tensor, diag: torch.Tensor, fraction: float | None = None, *, gen_fraction: float | None = None) -> dict:
+    """{'gen', 'mem'}: entries of dW outside / at the top 1 - `gen_fraction` of the diagonal Fisher `diag` (LibOrtho v1.0).
+    `fraction` (the share of 'mem') is the deprecated complement of `gen_fraction`."""
+    gen_fraction, fraction = _deprecated_share("diagonal_split", gen_fraction, fraction, "fraction")
+    if (gen_fraction is None) == (fraction is None): raise ValueError("give gen_fraction, the share of the entries that holds dW_gen")
+    if diag.shape != dW.shape: raise ValueError(f"diagonal Fisher {tuple(diag.shape)} does not match the delta {tuple(dW.shape)}")
+    share = gen_fraction if fraction is None else 1 - fraction
+    if not 0 < share < 1: raise ValueError(f"gen_fraction={share} must be in (0, 1)")
+    k = max(1, round(fraction * dW.numel()) if fraction is not None else dW.numel() - round(gen_fraction * dW.numel()))
+    high = torch.zeros(dW.numel(), dtype=torch.bool); high[diag.flatten().argsort(descending=True)[:k]] = True
+    high = high.view(dW.shape).to(dW.device)
+    return _split_dict(dW * ~high, dW * high)
+
 
 # %% ../nbs/20_kfac.ipynb #e3ba82a1
 def kfac_quadratic(D: torch.Tensor, A: torch.Tensor, G: torch.Tensor) -> float:
@@ -312,15 +315,6 @@ def exact_fisher_quadratic(model, module: nn.Module, batch: dict, directions: li
             gW, = torch.autograd.grad(loss, W, retain_graph=i < len(pos) - 1)
             acc += ((Ds * gW.double()).sum((1, 2))) ** 2
         return acc / len(pos)
-
-@torch.no_grad()
-def batch_loss(model, batches: list[dict]) -> float:
-    "Mean next-token cross-entropy over the target positions of `batches`."
-    dev, tot, n = next(model.parameters()).device, 0.0, 0
-    for b in batches:
-        logits = model(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev), use_cache=False).logits
-        tot += next_token_loss(logits, b, "sum", dtype=torch.float64).item(); n += int(target_mask(b).sum())   # float64: finite differences
-    return tot / n
 
 @torch.no_grad()
 def finite_difference_curvature(model, module: nn.Module, D: torch.Tensor, batches: list[dict], eps: float = 1e-2) -> float:
@@ -361,29 +355,3 @@ def directional_curvature(model, module: nn.Module, D: torch.Tensor, batches: li
     agree to 5-6 digits, so float32 round-off (which differs between CPUs and thread counts) is a large part of it."""
     W = module.weight; Dw = D if D.shape == W.shape else D.T
     return (weight_hvp(model, module, batches, Dw) * Dw.double().cpu()).sum().item()
-
-# %% ../nbs/20_kfac.ipynb #c22c89ba
-def finetune(model, tokenizer, texts: list[str], modules: dict[str, nn.Module], steps: int = 30, lr: float = 3e-4,
-             batch_size: int = 8, seed: int = 0, grad_transform=None, progress: bool = True) -> dict:
-    "Fine-tune the weights of `modules` in place; returns {'delta': {name: W_ft - W_base (d_out x d_in)}, 'losses': [...]}."
-    gen = torch.Generator().manual_seed(seed)
-    base = {n: layer_weight(m).detach().clone() for n, m in modules.items()}
-    params = [m.weight for m in modules.values()]
-    losses, dev = [], next(model.parameters()).device
-    with grads_only_for(model, params):
-        try:
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-            model.train()
-            bar = tqdm(range(steps), desc="fine-tune", disable=not progress, leave=False)
-            for step in bar:
-                idx = torch.randperm(len(texts), generator=gen)[:batch_size].tolist()
-                enc = encode(tokenizer, [texts[i] for i in idx], dev, add_special_tokens=True)
-                loss = next_token_loss(model(**with_positions(enc), use_cache=False).logits, enc)
-                opt.zero_grad(); loss.backward()
-                if grad_transform is not None:
-                    for n, m in modules.items(): grad_transform(n, m)
-                opt.step(); losses.append(loss.item()); bar.set_postfix(loss=f"{loss.item():.3f}")
-        finally:
-            model.eval()
-            for p in params: p.grad = None
-    return dict(delta={n: (layer_weight(m).detach() - base[n]) for n, m in modules.items()}, losses=losses)

@@ -12,17 +12,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from .hooks import encode, with_positions, batches as _chunks
-from .kfac import (layer_weight, next_token_loss, target_mask, grads_only_for, kronecker_eigenbasis,
-                            curvature_grid, project_delta, kfac_factors, batch_loss, _check_delta)
+from .training import layer_weight, next_token_loss, target_mask, grads_only_for, batch_loss
+from .kfac import (kronecker_eigenbasis, curvature_grid, project_delta, kfac_factors, check_delta, flat_subspace_mask,
+                            kfac_split, diagonal_split)   # the curvature splits live in 20_kfac; importing them from here keeps working
 from .evaluation import generate
 from .models import cache_dir, cached_entry, _warn
 from .distributed import world, is_distributed, all_reduce_sum_, all_reduce_number
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'canary_scores', 'secret_logprobs', 'exposure', 'extraction', 'mean_token_loss', 'window_loss',
-           'canary_report', 'flat_subspace_mask', 'kfac_split', 'ogd_project', 'attributed_finetune', 'svd_split',
-           'magnitude_prune', 'diagonal_split', 'entanglement', 'generalisation_kept', 'with_deltas',
-           'libortho_finetunes', 'curve_evaluation']
+           'canary_report', 'ogd_project', 'attributed_finetune', 'svd_split', 'magnitude_prune', 'entanglement',
+           'generalisation_kept', 'with_deltas', 'libortho_finetunes', 'curve_evaluation']
 
 # %% ../nbs/30_ogd.ipynb #97ee41a7
 def _secret_positions(tokenizer, c: dict) -> list[int]:
@@ -97,7 +97,7 @@ def mean_token_loss(model, tokenizer, texts: list[str], batch_size: int = 16) ->
     return tot / n
 
 def window_loss(model, windows: torch.Tensor, batch_size: int = 8) -> float:
-    "Mean next-token cross-entropy (nats/token) over `windows`, a (n, seq_len) tensor of token ids with no padding (`kfac.batch_loss`)."
+    "Mean next-token cross-entropy (nats/token) over `windows`, a (n, seq_len) tensor of token ids with no padding (`training.batch_loss`)."
     return batch_loss(model, [dict(input_ids=x, attention_mask=torch.ones_like(x)) for x in windows.split(batch_size)])
 
 def canary_report(model, tokenizer, canaries: list[dict], batch_size: int = 16, greedy: bool = False, progress: bool = True) -> dict:
@@ -111,23 +111,9 @@ def canary_report(model, tokenizer, canaries: list[dict], batch_size: int = 16, 
     return dict(extraction=sum(ext) / len(ext), exposure=exp.mean().item(), extracted=ext, exposures=exp.tolist())
 
 # %% ../nbs/30_ogd.ipynb #46b42489
-def flat_subspace_mask(basis: dict, gen_fraction: float) -> torch.Tensor:
-    "M_gen: True on the flattest `gen_fraction` of the grid lambda_G,i * lambda_A,j (S_gen, paper 2 §3.3)."
-    if not 0 < gen_fraction < 1: raise ValueError(f"gen_fraction={gen_fraction} must be in (0, 1): the share of the grid that is S_gen")
-    grid = curvature_grid(basis); k = max(1, round(gen_fraction * grid.numel()))
-    mask = torch.zeros(grid.numel(), dtype=torch.bool); mask[grid.flatten().argsort()[:k]] = True
-    return mask.view(grid.shape)
-
-def kfac_split(dW: torch.Tensor, basis: dict, remove_fraction: float) -> dict:
-    "{'low', 'high'}: dW's part on the flattest 1 - `remove_fraction` of the grid (exactly that many entries) and the rest (Theorem 1)."
-    keep = flat_subspace_mask(basis, 1 - remove_fraction)
-    C = project_delta(dW, basis)
-    low = (basis["U_G"] @ (C * keep) @ basis["U_A"].T).to(dW.dtype)
-    return dict(low=low, high=dW - low)
-
 def ogd_project(grad: torch.Tensor, basis: dict, mask: torch.Tensor) -> torch.Tensor:
     "The gradient with its component in S_gen removed (eq. 7); `grad` is (d_out, d_in), the result has its dtype."
-    _check_delta(grad, basis)
+    check_delta(grad, basis)
     if mask.shape != grad.shape: raise ValueError(f"mask {tuple(mask.shape)} does not match the gradient {tuple(grad.shape)}")
     UG, UA = basis["U_G"].to(grad), basis["U_A"].to(grad)
     C = UG.T @ grad @ UA
@@ -235,15 +221,6 @@ def magnitude_prune(dW: torch.Tensor, energy: float = 0.9) -> torch.Tensor:
     k = min(int((sq[order].cumsum(0) / sq.sum().clamp_min(1e-300) < energy - 1e-9).sum()) + 1, len(sq))
     keep = torch.zeros_like(sq, dtype=torch.bool); keep[order[:k]] = True
     return dW * keep.view(dW.shape)
-
-def diagonal_split(dW: torch.Tensor, diag: torch.Tensor, fraction: float) -> dict:
-    "{'high', 'low'}: entries of dW at the top `fraction` of the diagonal Fisher `diag` vs the rest (LibOrtho v1.0)."
-    if diag.shape != dW.shape: raise ValueError(f"diagonal Fisher {tuple(diag.shape)} does not match the delta {tuple(dW.shape)}")
-    if not 0 < fraction < 1: raise ValueError(f"fraction={fraction} must be in (0, 1)")
-    k = max(1, round(fraction * dW.numel()))
-    high = torch.zeros(dW.numel(), dtype=torch.bool); high[diag.flatten().argsort(descending=True)[:k]] = True
-    high = high.view(dW.shape).to(dW.device)
-    return dict(high=dW * high, low=dW * ~high)
 
 def entanglement(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     "eta = |<a, b>| / (||a|| ||b||) over all layers together (paper 2 §5); a and b map layer names to deltas."

@@ -12,7 +12,7 @@ import torch
 
 # %% auto #0
 __all__ = ['VERDICTS', 'PACKAGES', 'DEFAULT_REL', 'OVERRIDES_ENV', 'project_root', 'git_commit', 'package_versions',
-           'peak_memory_mb', 'parameters_cell', 'check_metrics', 'claim', 'tolerance', 'default_tolerance',
+           'peak_memory_mb', 'parameters_cell', 'check_metrics', 'claim', 'verdict', 'tolerance', 'default_tolerance',
            'resolve_tolerances', 'within', 'format_tolerance', 'run_overrides', 'Run']
 
 # %% ../nbs/04_provenance.ipynb #7d005324
@@ -82,6 +82,14 @@ def claim(claim: str, paper, measured, setting: str, verdict: str) -> dict:
     "One row of a claims table; `verdict` is one of VERDICTS."
     if verdict not in VERDICTS: raise ValueError(f"verdict {verdict!r} is not one of {VERDICTS}")
     return dict(claim=claim, paper=str(paper), measured=str(measured), setting=setting, verdict=verdict)
+
+def verdict(holds: bool, partly: bool = False, tested: bool = True) -> str:
+    """A claim's verdict from its rule: 'holds' when `holds`, else 'partly' when `partly`, else 'does not hold at this
+    scale'; 'not tested' when the claim's precondition failed (`tested=False`), so that the experiment could not have
+    found it holding."""
+    if not tested: return "not tested"
+    return "holds" if holds else "partly" if partly else "does not hold at this scale"
+
 
 # %% ../nbs/04_provenance.ipynb #1562cebc
 DEFAULT_REL = 1e-4   # the relative tolerance of a float metric a notebook declares nothing for (ints and bools: exact)

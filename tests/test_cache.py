@@ -121,7 +121,7 @@ def test_two_processes_building_the_same_entry_leave_one_good_entry(tmp_path):
 # ---- the same for 30_ogd's cached fine-tunes ----
 
 def _finetunes(**kw):
-    from ortho_nbs.kfac import linear_modules, lm_batches
+    from ortho_nbs.training import linear_modules, lm_batches
     from ortho_nbs.ogd import libortho_finetunes
     m, tok = tiny_model(), tiny_tokenizer()
     mods = linear_modules(m, include=["mlp.down_proj"], layers=[3])

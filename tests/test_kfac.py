@@ -1,9 +1,9 @@
 import pytest, torch
 import torch.nn.functional as F
 from ortho_nbs.models import tiny_model, tiny_tokenizer, TINY_FAMILIES
-from ortho_nbs.kfac import (kfac_factors, linear_modules, lm_batches, target_mask, kronecker_eigenbasis, project_delta,
-                            curvature_split, curvature_grid, kfac_quadratic, exact_fisher_quadratic, save_factors,
-                            load_factors, layer_weight, _brute_force_factors)
+from ortho_nbs.training import linear_modules, lm_batches, target_mask, layer_weight
+from ortho_nbs.kfac import (kfac_factors, kronecker_eigenbasis, project_delta, curvature_split, curvature_grid, kfac_quadratic,
+                            exact_fisher_quadratic, save_factors, load_factors, _brute_force_factors)
 
 TEXT = ["the quick brown fox jumps over the lazy dog"] * 3
 
@@ -46,10 +46,11 @@ def test_ema_and_true_fisher_options():
     torch.testing.assert_close(kfac_factors(m, same, mods, ema=0.95, progress=False)[name]["A"],
                                kfac_factors(m, same, mods, progress=False)[name]["A"], atol=1e-6, rtol=1e-5)
     assert not torch.allclose(ema["A"], exact["A"])
-    t1 = kfac_factors(m, bs, mods, fisher="true", seed=1, progress=False)[name]["G"]
-    t2 = kfac_factors(m, bs, mods, fisher="true", seed=1, progress=False)[name]["G"]
+    t1 = kfac_factors(m, bs, mods, fisher="mc", seed=1, progress=False)[name]["G"]
+    with pytest.warns(DeprecationWarning, match='fisher="mc"'):
+        t2 = kfac_factors(m, bs, mods, fisher="true", seed=1, progress=False)[name]["G"]   # the old name of "mc"
     assert torch.equal(t1, t2) and not torch.allclose(t1, exact["G"])
-    with pytest.raises(ValueError, match="supported"): kfac_factors(m, bs, mods, fisher="mc")
+    with pytest.raises(ValueError, match="supported"): kfac_factors(m, bs, mods, fisher="sampled")
     with pytest.raises(ValueError, match="decay"): kfac_factors(m, bs, mods, ema=1.5)
 
 
@@ -58,10 +59,11 @@ def test_split_sums_back_and_basis_orthonormal():
     X, Y = torch.randn(100, 7, generator=g), torch.randn(100, 5, generator=g)
     b = kronecker_eigenbasis(X.T @ X, Y.T @ Y, damping=1e-3)
     dW = torch.randn(5, 7, generator=g)
-    for kw in (dict(fraction=0.3), dict(tau=float(curvature_grid(b).median()))):
+    for kw in (dict(gen_fraction=0.7), dict(tau=float(curvature_grid(b).median()))):
         sp = curvature_split(dW, b, **kw)
-        torch.testing.assert_close(sp["high"] + sp["low"], dW)
-        assert 0 < sp["high_energy_fraction"] < 1
+        torch.testing.assert_close(sp["gen"] + sp["mem"], dW)
+        assert 0 < sp["mem_energy_fraction"] < 1 and int(sp["mask"].sum()) in (11, 17)   # 30% of 35 entries / above the median
+    with pytest.raises(ValueError, match="exactly one"): curvature_split(dW, b, tau=0.0, gen_fraction=0.5)
     C = project_delta(dW, b)
     torch.testing.assert_close((b["U_G"] @ C @ b["U_A"].T).float(), dW, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"\(d_out, d_in\) = \(5, 7\)"): project_delta(dW.T, b)
@@ -83,7 +85,7 @@ def test_factors_roundtrip(tmp_path):
 
 
 def test_grads_only_for_restores_flags_even_on_error():
-    from ortho_nbs.kfac import grads_only_for
+    from ortho_nbs.training import grads_only_for
     m = tiny_model(); w = linear_modules(m)["0.mlp.up_proj"].weight
     before = [p.requires_grad for p in m.parameters()]
     with pytest.raises(RuntimeError):
@@ -120,3 +122,23 @@ def test_factors_do_not_depend_on_the_triangle_split(monkeypatch):
     # q, k and v share one input: equal A, but each its own tensor
     q, k = full["0.self_attn.q_proj"]["A"], full["0.self_attn.k_proj"]["A"]
     assert torch.equal(q, k) and q.data_ptr() != k.data_ptr()
+
+
+def test_deprecated_split_names_give_the_same_split():
+    "Until 2026-11 the splits took the high-curvature share (`fraction`, `remove_fraction`) and returned 'high'/'low'."
+    import ortho_nbs.kfac as kfac, ortho_nbs.ogd as ogd, ortho_nbs.training as training
+    g = torch.Generator().manual_seed(1)
+    X, Y = torch.randn(200, 24, generator=g), torch.randn(200, 16, generator=g)
+    b = kronecker_eigenbasis(X.T @ X, Y.T @ Y); dW = torch.randn(16, 24, generator=g); D = torch.rand(16, 24, generator=g)
+    for old_fn, old_kw, new in ((kfac.curvature_split, "fraction", kfac.curvature_split), (ogd.kfac_split, "remove_fraction", kfac.kfac_split)):
+        for f in (0.1, 0.25, 0.5, 0.9):
+            with pytest.warns(DeprecationWarning, match="gen_fraction=1 - x"):
+                old = old_fn(dW, b, **{old_kw: f})
+            now = new(dW, b, gen_fraction=1 - f)
+            assert torch.equal(old["mem"], now["mem"]) and torch.equal(old["high"], now["mem"]) and torch.equal(old["low"], now["gen"])
+    with pytest.warns(DeprecationWarning):
+        old = kfac.diagonal_split(dW, D, 0.25)                    # positional: the old high share
+    assert torch.equal(old["high"], kfac.diagonal_split(dW, D, gen_fraction=0.75)["mem"])
+    assert int((old["mem"] != 0).sum()) == round(0.25 * dW.numel())
+    with pytest.raises(TypeError, match="gen_fraction only"): kfac.kfac_split(dW, b, 0.5, gen_fraction=0.5)
+    assert kfac.lm_batches is training.lm_batches and kfac.finetune is training.finetune and ogd.kfac_split is kfac.kfac_split

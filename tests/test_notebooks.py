@@ -23,15 +23,15 @@ def test_01_hooks(run_notebook, smoke_dir):
     assert (smoke_dir / "figures" / "01_residual_norms.json").exists()
 
 
-@pytest.mark.parametrize("stem", ["02_data", "04_provenance", "05_runner", "06_distributed"])
+@pytest.mark.parametrize("stem", ["02_data", "04_provenance", "05_runner", "06_distributed", "07_training"])
 def test_library_notebooks_pass_their_checks(stem, run_notebook):
     run_notebook(stem)    # raises NotebookFailed if any of the notebook's own checks fails
 
 
 def test_03_evaluation(run_notebook):
     m = run_notebook("03_evaluation")["metrics"]
-    assert 2 < m["ppl_public_heldout"] < 60         # SmolLM2 on the Python reference: ~14
-    assert m["n_arithmetic"] == 8 and 0 <= m["arithmetic_acc"] <= 1
+    assert 10 < m["ppl_public_heldout"] < 20        # SmolLM2 on the Python reference: 14.17 (tests/baselines/smoke)
+    assert m["n_arithmetic"] == 8 and m["arithmetic_acc"] == 0.25   # greedy at seed 0: 2 of 8, as in the smoke baseline
 
 
 def test_10_ablation(run_notebook):

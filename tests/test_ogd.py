@@ -1,6 +1,7 @@
 import math, pytest, torch
 from ortho_nbs.models import tiny_model, tiny_tokenizer
-from ortho_nbs.kfac import linear_modules, layer_weight, kronecker_eigenbasis, project_delta, curvature_grid, finetune
+from ortho_nbs.training import linear_modules, layer_weight, finetune
+from ortho_nbs.kfac import kronecker_eigenbasis, project_delta, curvature_grid
 from ortho_nbs.ogd import (exposure, flat_subspace_mask, ogd_project, kfac_split, attributed_finetune, svd_split,
                            magnitude_prune, diagonal_split, entanglement, with_deltas, _secret_positions)
 from ortho_nbs.data import canaries
@@ -22,7 +23,7 @@ def test_ogd_projected_gradient_has_no_component_in_sgen():
     assert project_delta(pg, b)[mask].abs().max() < 1e-12
     torch.testing.assert_close(project_delta(pg, b)[~mask], project_delta(g, b)[~mask])
     torch.testing.assert_close(ogd_project(pg, b, mask), pg)                       # idempotent
-    torch.testing.assert_close(kfac_split(g, b, 0.5)["high"], pg)                  # the split's sharp half = what OGD passes
+    torch.testing.assert_close(kfac_split(g, b, gen_fraction=0.5)["mem"], pg)      # the split's sharp half = what OGD passes
 
 
 def test_ogd_finetune_keeps_private_update_out_of_sgen():
@@ -61,9 +62,9 @@ def test_pruning_and_diagonal_split():
     dW = torch.randn(10, 8, generator=G)
     p = magnitude_prune(dW, 0.9); kept = p.pow(2).sum() / dW.pow(2).sum()
     assert 0.9 <= kept and (p != 0).sum() < dW.numel()
-    d = diagonal_split(dW, torch.rand(10, 8, generator=G), 0.25)
-    torch.testing.assert_close(d["high"] + d["low"], dW); assert int((d["high"] != 0).sum()) == 20
-    with pytest.raises(ValueError, match="does not match"): diagonal_split(dW, torch.rand(8, 10), 0.25)
+    d = diagonal_split(dW, torch.rand(10, 8, generator=G), gen_fraction=0.75)
+    torch.testing.assert_close(d["mem"] + d["gen"], dW); assert int((d["mem"] != 0).sum()) == 20
+    with pytest.raises(ValueError, match="does not match"): diagonal_split(dW, torch.rand(8, 10), gen_fraction=0.75)
 
 
 def test_entanglement():
@@ -136,3 +137,25 @@ def test_teacher_forced_extraction_is_greedy_extraction():
     assert tf["extracted"] == extraction(model, tok, cs, progress=False)
     assert any(tf["extracted"]) and not all(tf["extracted"])                  # both outcomes occur, so the check could fail
     assert tf["logp"].shape == (8, 6, 10) and all(0 < x < 20 for x in tf["loss"])
+
+
+def test_frozen_prefix_is_bit_identical_on_the_real_model():
+    "30_ogd evaluates its weight variants with blocks 0..15 replayed: the numbers must be those of the full forward."
+    from ortho_nbs.models import load_model
+    from ortho_nbs.training import linear_modules, layer_weight, lm_batches, frozen_prefix
+    from ortho_nbs.ogd import canary_scores, window_loss, with_deltas
+    from ortho_nbs.data import public_documents
+    model, tok = load_model("smollm2-135m-instruct")
+    mods = linear_modules(model, include=["mlp.down_proj"], layers=[16, 20])
+    base = {n: layer_weight(m).detach().clone() for n, m in mods.items()}
+    delta = {n: 1e-2 * torch.randn(w.shape, generator=torch.Generator().manual_seed(0)) for n, w in base.items()}
+    cs = canaries(6, seed=0)
+    dom = torch.cat([b["input_ids"] for b in lm_batches(tok, public_documents(split="heldout"), 32, 8, 4)])
+    evaluate = lambda: (canary_scores(model, tok, cs)["loss"], window_loss(model, dom, batch_size=2))
+    full = [evaluate()]
+    with with_deltas(mods, base, delta): full.append(evaluate())
+    with frozen_prefix(model, 16) as kept:
+        fast = [evaluate()]
+        with with_deltas(mods, base, delta): fast.append(evaluate())       # a repeat: blocks 0..15 replayed
+        assert len(kept) == 1 + 2                                          # one canary batch, two window batches
+    assert fast == full and full[0] != full[1]

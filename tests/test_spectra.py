@@ -1,6 +1,6 @@
 import pytest, torch
 from ortho_nbs.models import tiny_model, tiny_tokenizer
-from ortho_nbs.kfac import lm_batches, linear_modules
+from ortho_nbs.training import lm_batches, linear_modules
 from ortho_nbs.spectra import lanczos, slq_density, density_on_grid, block_hvp
 
 
@@ -35,7 +35,7 @@ def test_block_hvp_matches_exact_hessian_column():
     e = torch.zeros(mod.weight.numel(), dtype=torch.float64); e[5] = 1
     # column 5 of the Hessian by finite differences of the gradient
     import torch.nn.functional as F
-    from ortho_nbs.kfac import target_mask
+    from ortho_nbs.training import target_mask
     def grad():
         mod.weight.requires_grad_(True)
         mask = target_mask(b[0])
