@@ -30,7 +30,7 @@ DEFAULT_OUT = ROOT / "_site"
 # Notebooks in the left-hand navigation, grouped; anything in nbs/ not named here goes under "More" (cli last).
 NAV_GROUPS = [
     ("Results", ["scoreboard"]),
-    ("Foundations", ["00_models", "01_hooks", "02_data", "03_evaluation", "04_provenance", "05_runner", "06_distributed"]),
+    ("Foundations", sorted(p.stem for p in (ROOT / "nbs").glob("0[0-9]_*.ipynb"))),   # every plumbing notebook, in order
     ("Paper 1: targeted ablation", ["10_ablation"]),
     ("Paper 2: LibOrtho v2.0", ["20_kfac", "21_spectra", "30_ogd", "31_lmc"]),
     ("Paper 3: representation transfer", ["40_transfer"]),
