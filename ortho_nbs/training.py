@@ -13,7 +13,7 @@ from .hooks import decoder_layers, writer_weight, encode, with_positions
 
 # %% auto #0
 __all__ = ['layer_weight', 'linear_modules', 'lm_batches', 'target_mask', 'next_token_loss', 'grads_only_for', 'batch_loss',
-           'frozen_prefix', 'finetune']
+           'KnownBlock', 'frozen_prefix', 'finetune']
 
 # %% ../nbs/07_training.ipynb #e4f7b7ba
 def _is_linear(m): return isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"
@@ -89,12 +89,10 @@ def _batch_key(kwargs: dict, args: tuple):
     parts = [ids] + [kwargs[k] for k in ("attention_mask", "position_ids") if kwargs.get(k) is not None]
     return tuple((tuple(t.shape), str(t.dtype), t.detach().cpu().numpy().tobytes()) for t in parts)
 
-class _Replay(nn.Module):
-    "Stands in for block 0..first-1 on a repeated batch: block 0 returns the kept residual stream, the others pass it on."
-    def __init__(self, state: dict, first_block: bool):
-        super().__init__(); self.state, self.first_block = state, first_block
-    def forward(self, hidden_states, *args, **kwargs):
-        return self.state["kept"] if self.first_block else hidden_states
+class KnownBlock(nn.Module):
+    "Stands in for a decoder block whose output is already known: returns `fn(hidden_states)` without computing anything."
+    def __init__(self, fn): super().__init__(); self.fn = fn
+    def forward(self, hidden_states, *args, **kwargs): return self.fn(hidden_states)
 
 @contextmanager
 def frozen_prefix(model, first: int, max_batches: int = 512):
@@ -107,7 +105,7 @@ def frozen_prefix(model, first: int, max_batches: int = 512):
         yield {}; return
     real = [layers[i] for i in range(first)]
     state, store = {}, {}
-    replay = [_Replay(state, i == 0) for i in range(first)]
+    replay = [KnownBlock(lambda h: state["kept"])] + [KnownBlock(lambda h: h) for _ in range(first - 1)]   # a repeat: the kept stream
     def use(mods):
         for i, m in enumerate(mods): layers[i] = m
     def pre(mod, args, kwargs):

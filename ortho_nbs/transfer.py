@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 from .hooks import decoder_layers, residual_states, encode_prompts, with_positions, _Stop
+from .training import KnownBlock   # a decoder block whose output is known (also frozen_prefix's)
 from .data import load_data
 
 # %% auto #0
@@ -174,11 +175,6 @@ def steerability(alphas, curve: torch.Tensor) -> float:
     return (((a - a.mean()) * (y - y.mean())).sum() / ((a - a.mean()) ** 2).sum()).item()
 
 # %% ../nbs/40_transfer.ipynb #8b583a2a
-class _Known(nn.Module):
-    "Stands in for a decoder block whose output is already known: returns `fn(hidden_states)` without computing anything."
-    def __init__(self, fn): super().__init__(); self.fn = fn
-    def forward(self, hidden_states, *args, **kwargs): return self.fn(hidden_states)
-
 @torch.no_grad()
 def steered_propensities(model, tokenizer, prompts: list[str], layer: int, vectors: torch.Tensor, pos_ids: list[int],
                          neg_ids: list[int], batch_size: int = 64, progress: bool = False, reuse_prefix: bool = True) -> torch.Tensor:
@@ -214,8 +210,8 @@ def steered_propensities(model, tokenizer, prompts: list[str], layer: int, vecto
         return o + cur["v"]
     saved = [blocks[i] for i in range(layer + 1)]
     if reuse_prefix:
-        for i in range(layer): blocks[i] = _Known(lambda h: h)
-        blocks[layer] = _Known(lambda h: cur["h"] + cur["v"])
+        for i in range(layer): blocks[i] = KnownBlock(lambda h: h)
+        blocks[layer] = KnownBlock(lambda h: cur["h"] + cur["v"])
         h = None
     else: h = blocks[layer].register_forward_hook(hook)
     try:
