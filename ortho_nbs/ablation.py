@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 from .hooks import decoder_layers, residual_writers, writer_weight, format_prompts, encode, with_positions, batches, uses_chat
 from .evaluation import generate, token_logprobs, kl_divergence
+from .training import frozen_prefix
 
 # %% auto #0
 __all__ = ['WRITER_KINDS', 'AVOIDANCE_PHRASES', 'behaviour_directions', 'target_layers', 'unit_direction', 'aggregate_direction',
@@ -231,9 +232,11 @@ def recipe_weights(n_layers: int, start: float, w_first: float = 1.0, w_last: fl
 
 def search_recipe(model, tokenizer, v: torch.Tensor, saliency: torch.Tensor, prompts: list[str], kl_fn, n_trials: int = 30,
                   max_kl: float = 0.1, max_new_tokens: int = 24, batch_size: int = 64, seed: int = 0,
-                  progress: bool = True) -> tuple[dict, "pd.DataFrame"]:
+                  progress: bool = True, prefix_store: dict | None = None, prefix_first: int = 0) -> tuple[dict, "pd.DataFrame"]:
     """Optuna TPE over (start, direction, w_first, w_last) co-minimising avoidance on `prompts` and `kl_fn()`; trial 0 is
-    the paper's recipe. Returns (chosen trial's parameters, all trials): lowest avoidance among trials with KL <= max_kl."""
+    the paper's recipe. Returns (chosen trial's parameters, all trials): lowest avoidance among trials with KL <= max_kl.
+    `prefix_store`: trials whose window starts at block `prefix_first` or above replay blocks 0..prefix_first-1 from it
+    (`training.frozen_prefix`; the same numbers, less work)."""
     import optuna, pandas as pd
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     L = v.shape[0]; choices = ["aggregate"] + [str(l) for l in range(L)]
@@ -245,7 +248,8 @@ def search_recipe(model, tokenizer, v: torch.Tensor, saliency: torch.Tensor, pro
         w_first, w_last = trial.suggest_float("w_first", 0.0, 1.0), trial.suggest_float("w_last", 0.0, 1.0)
         layers, w = recipe_weights(L, start, w_first, w_last)
         u = recipe_direction(v, saliency, layers, direction)
-        with ablated(model, u, layers, weights=w):
+        first = prefix_first if prefix_store is not None and layers[0] >= prefix_first else 0
+        with frozen_prefix(model, first, store=prefix_store), ablated(model, u, layers, weights=w):
             rate = avoidance_rate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=False)["rate"]; kl = float(kl_fn())
         rows.append(dict(trial=trial.number, start=start, direction=direction, w_first=w_first, w_last=w_last,
                          first_layer=layers[0], avoidance_train=rate, kl=kl))

@@ -5,10 +5,12 @@
 # %% ../nbs/07_training.ipynb #0ddb9a31
 from __future__ import annotations
 from contextlib import contextmanager
+import copy
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
 from .hooks import decoder_layers, writer_weight, encode, with_positions
 
 # %% auto #0
@@ -82,12 +84,30 @@ def batch_loss(model, batches: list[dict]) -> float:
 
 
 # %% ../nbs/07_training.ipynb #5c365644
+def _find_cache(kwargs: dict):
+    c = kwargs.get("cache", kwargs.get("past_key_values"))
+    return c if isinstance(c, Cache) else None
+
+_KEPT_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)   # cache layers whose prefill state can be copied and put back
+
 def _batch_key(kwargs: dict, args: tuple):
+    "None (run in full) or ('plain' | 'kv', the batch's tensors as bytes); 'kv': the prefill of an empty KV cache."
     ids = kwargs.get("input_ids", args[0] if args else None)
-    if ids is None or kwargs.get("inputs_embeds") is not None or kwargs.get("past_key_values") is not None \
-            or kwargs.get("use_cache", False): return None
+    if ids is None or kwargs.get("inputs_embeds") is not None: return None
+    cache = _find_cache(kwargs)
+    if cache is not None:
+        if cache.get_seq_length() > 0 or not all(isinstance(l, _KEPT_LAYERS) for l in cache.layers): return None
+        mode = "kv"
+    elif kwargs.get("past_key_values") is not None or kwargs.get("use_cache", False): return None
+    else: mode = "plain"
     parts = [ids] + [kwargs[k] for k in ("attention_mask", "position_ids") if kwargs.get(k) is not None]
-    return tuple((tuple(t.shape), str(t.dtype), t.detach().cpu().numpy().tobytes()) for t in parts)
+    return (mode,) + tuple((tuple(t.shape), str(t.dtype), t.detach().cpu().numpy().tobytes()) for t in parts)
+
+def _copy_layer(layer):
+    "A cache layer whose key/value tensors are copies (the original and the copy never share storage)."
+    c = copy.copy(layer)
+    if getattr(layer, "is_initialized", False): c.keys, c.values = layer.keys.clone(), layer.values.clone()
+    return c
 
 class KnownBlock(nn.Module):
     "Stands in for a decoder block whose output is already known: returns `fn(hidden_states)` without computing anything."
@@ -95,32 +115,48 @@ class KnownBlock(nn.Module):
     def forward(self, hidden_states, *args, **kwargs): return self.fn(hidden_states)
 
 @contextmanager
-def frozen_prefix(model, first: int, max_batches: int = 512):
+def frozen_prefix(model, first: int, max_batches: int = 512, store: dict | None = None):
     """Within the block, blocks 0..`first`-1 run once per distinct input batch; a repeat starts from the kept residual
-    stream entering block `first` (bit-identical results). Only while no weight below block `first` changes; `first=0`
-    freezes nothing."""
+    stream entering block `first` and, for a generation's prefill, those blocks' KV-cache entries (bit-identical
+    results). Only while no weight below block `first` (embeddings included) changes; `first=0` freezes nothing.
+    `store`: a dict of your own that keeps the kept tensors across several blocks (for edits that all leave blocks
+    0..first-1 alone, evaluated in different places); it is filled here and never cleared."""
     layers = decoder_layers(model)
     if not 0 <= first < len(layers): raise IndexError(f"first={first}: the frozen prefix must end inside blocks 0..{len(layers) - 1}")
     if first == 0:
-        yield {}; return
+        yield {} if store is None else store; return
     real = [layers[i] for i in range(first)]
-    state, store = {}, {}
-    replay = [KnownBlock(lambda h: state["kept"])] + [KnownBlock(lambda h: h) for _ in range(first - 1)]   # a repeat: the kept stream
+    state, own = {}, store is None
+    store = {} if own else store
+    def start(h):                                  # a repeat: the kept stream, and the kept cache entries put back
+        kept = state["kept"]
+        if kept["kv"] is not None:
+            cache = state["cache"]
+            for i, layer in enumerate(kept["kv"]):
+                if i < len(cache.layers): cache.layers[i] = _copy_layer(layer)
+                else: cache.layers.append(_copy_layer(layer))
+        return kept["h"]
+    replay = [KnownBlock(start)] + [KnownBlock(lambda h: h) for _ in range(first - 1)]
     def use(mods):
         for i, m in enumerate(mods): layers[i] = m
     def pre(mod, args, kwargs):
-        key = state["key"] = _batch_key(kwargs, args)
+        key = _batch_key(kwargs, args)
+        key = state["key"] = None if key is None else (first,) + key
+        state["cache"] = _find_cache(kwargs)
         if key is not None and key in store: state["kept"] = store[key]; use(replay)
         else: use(real)
     def keep(mod, args, out):
         key = state.get("key")
         if key is not None and key not in store and len(store) < max_batches:
-            store[key] = (out[0] if isinstance(out, tuple) else out).detach()
+            kv = [_copy_layer(l) for l in state["cache"].layers[:first]] if key[1] == "kv" else None
+            store[key] = dict(h=(out[0] if isinstance(out, tuple) else out).detach(), kv=kv)
     h1 = model.register_forward_pre_hook(pre, with_kwargs=True)
     h2 = real[-1].register_forward_hook(keep)
     try: yield store
     finally:
-        h1.remove(); h2.remove(); use(real); store.clear(); state.clear()
+        h1.remove(); h2.remove(); use(real); state.clear()
+        if own: store.clear()
+
 
 # %% ../nbs/07_training.ipynb #c22c89ba
 def finetune(model, tokenizer, texts: list[str], modules: dict[str, nn.Module], steps: int = 30, lr: float = 3e-4,

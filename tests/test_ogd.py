@@ -159,3 +159,27 @@ def test_frozen_prefix_is_bit_identical_on_the_real_model():
         with with_deltas(mods, base, delta): fast.append(evaluate())       # a repeat: blocks 0..15 replayed
         assert len(kept) == 1 + 2                                          # one canary batch, two window batches
     assert fast == full and full[0] != full[1]
+
+
+def test_frozen_prefix_generation_is_bit_identical_on_the_real_model():
+    "10_ablation generates under edits of the last blocks with the prompts' prefill below them replayed: same answers."
+    from ortho_nbs.models import load_model
+    from ortho_nbs.training import frozen_prefix
+    from ortho_nbs.evaluation import generate, token_logprobs
+    from ortho_nbs.ablation import ablated, unit_direction
+    from ortho_nbs.data import avoidance_pairs
+    model, tok = load_model("smollm2-135m-instruct")
+    prompts = [p["avoid"] for p in avoidance_pairs("heldout")[:6]]
+    u = unit_direction(torch.randn(576, generator=torch.Generator().manual_seed(0)))
+    texts = [p + " Sure." for p in prompts]
+    def evaluate():
+        return generate(model, tok, prompts, 10, 4, progress=False), token_logprobs(model, tok, texts, 4)
+    full = [evaluate()]
+    with ablated(model, u, [21, 25, 29]): full.append(evaluate())
+    with frozen_prefix(model, 21) as kept:
+        fast = [evaluate()]
+        with ablated(model, u, [21, 25, 29]): fast.append(evaluate())   # a repeat: blocks 0..20 replayed, cache included
+        assert sorted(k[1] for k in kept) == ["kv", "kv", "plain", "plain"]
+    for (g_full, lp_full), (g_fast, lp_fast) in zip(full, fast):
+        assert g_fast == g_full and torch.equal(lp_fast, lp_full)
+    assert not torch.equal(full[0][1], full[1][1])                          # the edit changes the model
