@@ -194,6 +194,32 @@ def frozen_prefix_real(model, tok, dev, n_canaries=128, n_windows=16, first=16, 
                                       f"blocks 0..{first - 1} frozen (30_ogd's fine-tuned blocks start at {first}), median of {repeat}")
 
 
+def frozen_prefix_generation_real(model, tok, dev, first=21, repeat=3):
+    """10_ablation's unit of work: greedy avoidance answers (84 held-out prompts, 24 tokens) of the model with u projected
+    out of blocks first..L-1, in full vs with the prompts' prefill below block `first` replayed (KV cache included),
+    interleaved; the answers must be equal."""
+    from ortho_nbs.data import avoidance_pairs
+    from ortho_nbs.training import frozen_prefix
+    from ortho_nbs.hooks import decoder_layers
+    from ortho_nbs.ablation import avoidance_rate, ablated, unit_direction
+    prompts = [p["avoid"] for p in avoidance_pairs("heldout")]
+    window = list(range(first, len(decoder_layers(model))))
+    u = unit_direction(torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0)))
+    def answers():
+        with ablated(model, u, window): return avoidance_rate(model, tok, prompts, 24, 64, progress=False)["generations"]
+    full = answers()
+    kept = {}
+    with frozen_prefix(model, first, store=kept): avoidance_rate(model, tok, prompts, 24, 64, progress=False)   # the base run keeps
+    def with_prefix():
+        with frozen_prefix(model, first, store=kept): return answers()
+    same = with_prefix() == full
+    med, _ = interleaved(dict(full=answers, prefix=with_prefix), repeat)
+    return dict(generation_full_s=med["full"], generation_prefix_s=med["prefix"], generation_prefix_speedup=med["full"] / med["prefix"],
+                generation_prefix_identical=bool(same),
+                generation_prefix_setting=f"SmolLM2-135M-Instruct, {len(prompts)} held-out avoidance prompts x 24 greedy tokens (batches of 64), "
+                                          f"u projected out of blocks {first}..{window[-1]}, blocks 0..{first - 1} replayed, median of {repeat}")
+
+
 def ddp_agreement(model_name: str, world: int = 2, quick: bool = False) -> dict:
     "K-FAC and the plain + OGD fine-tunes with `world` torchrun processes against one process (benchmarks/ddp_agreement.py)."
     seqs, seq_len, bs = (4, 64, 2) if quick else (8, 128, 4)
@@ -228,7 +254,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--only", choices=["kfac", "ddp", "suite", "prefix"], default=None,
                     help="kfac: only the K-FAC timings (real model and tiny); ddp: 2 processes vs 1 on SmolLM2-135M; "
-                         "suite: the test suite's wall time; prefix: 30_ogd's evaluation with and without frozen_prefix; "
+                         "suite: the test suite's wall time; prefix: 30_ogd's evaluation and 10_ablation's generation with and without frozen_prefix; "
                          "merged into the existing results.json")
     a = ap.parse_args(argv)
     from ortho_nbs.models import load_model, packaged_gguf, resolve_device
@@ -248,7 +274,8 @@ def main(argv=None):
         out.update(test_suite_time()); print(write_results(out)); return
     if a.only == "prefix":
         model, tok = load_model("smollm2-135m-instruct", device=dev)
-        out.update(frozen_prefix_real(model, tok, dev)); print(write_results(out)); return
+        out.update(frozen_prefix_real(model, tok, dev)); out.update(frozen_prefix_generation_real(model, tok, dev))
+        print(write_results(out)); return
     if a.only == "kfac":
         model, tok = load_model("smollm2-135m-instruct", device=dev)
         out.update(kfac_real(model, tok, dev, seqs=8 if a.quick else 32))

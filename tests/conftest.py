@@ -40,8 +40,9 @@ def run_notebook(smoke_dir):
 
 # `make test` runs each test file on one pytest-xdist worker (--dist loadfile --no-loadscope-reorder), in collection
 # order: the two notebook files first, so that each worker starts with one half of the smoke notebooks (test_notebooks.py
-# and test_notebooks_b.py take about as long) and the unit-test files fill in around them.
-_FIRST = ["test_notebooks.py", "test_notebooks_b.py"]
+# and test_notebooks_b.py take about as long), then the longest of the others (a worker takes the next file as its
+# current one runs out), so that the short unit-test files fill in at the end.
+_FIRST = ["test_notebooks.py", "test_notebooks_b.py", "test_own_models.py", "test_check.py", "test_distributed.py"]
 
 
 def pytest_collection_modifyitems(config, items):
