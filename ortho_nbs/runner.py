@@ -12,8 +12,7 @@ from .provenance import (project_root, parameters_cell, git_commit, OVERRIDES_EN
 
 # %% auto #0
 __all__ = ['RUN_PARAMS', 'notebooks', 'load_profiles', 'notebook_parameters', 'parse_overrides', 'resolve_overrides', 'plan',
-           'NotebookFailed', 'is_check_cell', 'without_checks', 'reproduce', 'compare_results', 'check_results',
-           'format_check', 'reproduce_check', 'main']
+           'NotebookFailed', 'reproduce', 'compare_results', 'check_results', 'format_check', 'reproduce_check', 'main']
 
 # %% ../nbs/05_runner.ipynb #f978290c
 RUN_PARAMS = ("profile", "out_dir")   # injected by the runner into every notebook
@@ -166,32 +165,15 @@ def _publish_summary(summary: dict, path: Path, partial: bool):
         summary["total_s"] = round(sum(n["seconds"] for n in summary["notebooks"]), 1)
     path.write_text(json.dumps(summary, indent=1))
 
-def is_check_cell(cell: dict) -> bool:
-    "A notebook's quick check: a code cell that is neither exported, an experiment (`#| notest`) nor the parameters cell."
-    if cell["cell_type"] != "code" or "parameters" in cell.get("metadata", {}).get("tags", []): return False
-    src = "".join(cell["source"])
-    directives = [l[2:].split()[0] for l in src.splitlines() if l.startswith("#|") and l[2:].split()]
-    return not any(d in ("export", "exporti", "exports", "notest", "default_exp") for d in directives)
-
-def without_checks(nb_path: Path, dest: Path) -> Path:
-    "A copy of the notebook at `dest` without its quick checks (`is_check_cell`)."
-    nb = json.loads(Path(nb_path).read_text())
-    nb["cells"] = [c for c in nb["cells"] if not is_check_cell(c)]
-    dest.parent.mkdir(parents=True, exist_ok=True); dest.write_text(json.dumps(nb))
-    return dest
-
 def reproduce(profile: str = "paper", only: list[str] | None = None, out: str | Path | None = None,
               root: str | Path | None = None, publish: bool | None = None, kernel: str = "python3",
-              overrides: dict | None = None, checks: bool = True) -> dict:
+              overrides: dict | None = None) -> dict:
     """Run the notebooks of `profile` in order; returns the run summary (also written to <run folder>/summary.json).
 
-    `overrides` maps 'NAME' or 'NOTEBOOK.NAME' to a value (as `-p`); by default a run with overrides does not publish.
-    `checks=False` leaves out the notebooks' quick checks (`without_checks`) and never publishes."""
+    `overrides` maps 'NAME' or 'NOTEBOOK.NAME' to a value (as `-p`); by default a run with overrides does not publish."""
     import papermill as pm
     root = project_root(root)
     steps = plan(profile, only, root, overrides)    # every check before any work
-    if not checks and publish: raise ValueError("a run without the notebooks' checks does not publish (the notebooks in nbs/ would lose them)")
-    if not checks: publish = False
     ov = {k: v for k, v in resolve_overrides([nb for nb, _ in steps], overrides, notebooks(root)).items() if v}
     if publish is None:
         publish = profile == "paper" and not ov
@@ -200,7 +182,7 @@ def reproduce(profile: str = "paper", only: list[str] | None = None, out: str | 
     run_dir = Path(out).resolve() if out else root / "runs" / f"{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     data_dir = root if publish else run_dir
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
-    summary = dict(profile=profile, overrides=ov, checks=checks, root=str(root), run_dir=str(run_dir), results_dir=str(data_dir / "results"),
+    summary = dict(profile=profile, overrides=ov, root=str(root), run_dir=str(run_dir), results_dir=str(data_dir / "results"),
                    figures_dir=str(data_dir / "figures"), notebooks=[])
     t_all = time.perf_counter()
     os.environ["ORTHO_NBS_GIT_COMMIT"] = summary["git_commit"] = git_commit(root) or ""   # the kernels inherit it
@@ -213,8 +195,7 @@ def reproduce(profile: str = "paper", only: list[str] | None = None, out: str | 
             print(f"[ortho-nbs] {profile}: {nb.name} {params}", flush=True)
             t0 = time.perf_counter()
             try:
-                src = nb if checks else without_checks(nb, run_dir / "sources" / nb.name)
-                pm.execute_notebook(str(src), str(executed), parameters=params, cwd=str(nb.parent), kernel_name=kernel,
+                pm.execute_notebook(str(nb), str(executed), parameters=params, cwd=str(nb.parent), kernel_name=kernel,
                                     progress_bar=False, log_output=False, report_mode=False)
             except pm.PapermillExecutionError as e:
                 raise NotebookFailed(f"{nb.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "
@@ -352,8 +333,6 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--publish", action=argparse.BooleanOptionalAction, default=None,
                    help="write results/, figures/ and executed notebooks into the repository "
                         "(default: only for the paper profile without -p)")
-    r.add_argument("--no-checks", dest="checks", action="store_false",
-                   help="leave out the notebooks' quick checks (tiny-model cells): only the experiments; never publishes")
     r.add_argument("--check", action="store_true",
                    help="re-run into a scratch folder (--out, default runs/check-<profile>-<time>/) and compare every metric and "
                         "verdict with the committed results under the notebooks' tolerances; exit code 1 when one drifts or flips")
@@ -374,12 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.baseline and not a.check: raise ValueError("--baseline goes with --check")
         if a.check:
             if a.publish: raise ValueError("--check never publishes: drop --publish")
-            if not a.checks: raise ValueError("--check re-runs the notebooks as committed, checks included: drop --no-checks")
             rep = reproduce_check(a.profile, a.only, a.out, a.root, a.baseline, overrides=parse_overrides(a.param))
             print(f"[ortho-nbs] check of {rep['run_dir']} against {rep['baseline']}:")
             print(format_check(rep))
             return 0 if rep["ok"] else 1
-        s = reproduce(a.profile, a.only, a.out, a.root, a.publish, overrides=parse_overrides(a.param), checks=a.checks)
+        s = reproduce(a.profile, a.only, a.out, a.root, a.publish, overrides=parse_overrides(a.param))
     except (ValueError, FileNotFoundError, NotebookFailed) as e:
         print(f"ortho-nbs: {e}", file=sys.stderr); return 2
     print(f"[ortho-nbs] {len(s['notebooks'])} notebooks in {s['total_s']:.0f} s; results in {s['results_dir']}, "

@@ -1,4 +1,6 @@
-"""`ortho-nbs reproduce --check`: a smoke re-run of one notebook against the committed smoke baseline."""
+"""`ortho-nbs reproduce --check`: a smoke re-run of one notebook against the committed smoke baseline.
+
+That run is also 03_evaluation's smoke test (its numbers are checked here, not in test_notebooks.py)."""
 import json, shutil
 import pytest
 from ortho_nbs.runner import reproduce_check, check_results, main
@@ -17,6 +19,9 @@ def test_smoke_rerun_reproduces_committed_baseline(tmp_path, capsys):
                   "arithmetic_acc": ("ok", "exact"), "n_arithmetic": ("ok", "exact")}
     assert {c["status"] for c in rep["claims"]} == {"ok"} and len(rep["claims"]) == len(committed["claims"])
     assert (tmp_path / "check" / "check.json").exists()
+    m = json.loads((tmp_path / "check" / "results" / "03_evaluation.json").read_text())["metrics"]   # the smoke run of 03 itself
+    assert 10 < m["ppl_public_heldout"] < 20        # SmolLM2 on the Python reference: 14.17 (tests/baselines/smoke)
+    assert m["n_arithmetic"] == 8 and m["arithmetic_acc"] == 0.25   # greedy at seed 0: 2 of 8, as in the smoke baseline
     # the same fresh results against a baseline whose perplexity moved by 1% and whose verdict differs: both caught
     bad = tmp_path / "bad"; bad.mkdir()
     committed["metrics"]["ppl_public_heldout"] *= 1.01

@@ -169,11 +169,11 @@ def test_frozen_prefix_generation_is_bit_identical_on_the_real_model():
     from ortho_nbs.ablation import ablated, unit_direction
     from ortho_nbs.data import avoidance_pairs
     model, tok = load_model("smollm2-135m-instruct")
-    prompts = [p["avoid"] for p in avoidance_pairs("heldout")[:6]]
+    prompts = [p["avoid"] for p in avoidance_pairs("heldout")[:4]]
     u = unit_direction(torch.randn(576, generator=torch.Generator().manual_seed(0)))
     texts = [p + " Sure." for p in prompts]
     def evaluate():
-        return generate(model, tok, prompts, 10, 4, progress=False), token_logprobs(model, tok, texts, 4)
+        return generate(model, tok, prompts, 6, 2, progress=False), token_logprobs(model, tok, texts, 2)
     full = [evaluate()]
     with ablated(model, u, [21, 25, 29]): full.append(evaluate())
     with frozen_prefix(model, 21) as kept:
