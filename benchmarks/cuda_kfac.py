@@ -5,7 +5,9 @@ SmolLM2-135M-Instruct's configuration with random weights (seed 0): the same sha
 timings do not depend on the values. Token ids are random too. Variants of `kfac_factors` on the same batches,
 interleaved rounds, median; every variant's factors are compared with today's (one full product per factor).
 
-    python3 benchmarks/cuda_kfac.py [--rounds 10] [--variants full,group,p384] [--profile] [--out DIR]
+    python3 benchmarks/cuda_kfac.py [--rounds 10] [--variants full,r768] [--tiny-check] [--profile] [--out DIR]
+
+Measured runs, and the variants tried in commit 87cbc69 (not kept): benchmarks/cuda/README.md.
 """
 import argparse, json, sys, time
 from pathlib import Path
@@ -38,7 +40,7 @@ def rel_diff(a, b):
 
 
 def tiny_check(dev):
-    "Factors of the tiny models of every family on `dev` (grouped products on CUDA) against the CPU's, padded batches."
+    "Factors of the tiny models of every family on `dev` against the CPU's, padded batches."
     from ortho_nbs.models import tiny_model, TINY_FAMILIES
     out = {}
     for fam in TINY_FAMILIES:
@@ -58,7 +60,7 @@ def main(argv=None):
     ap.add_argument("--seqs", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--variants", default="full,group,group_side,defer_side")
+    ap.add_argument("--variants", default="full,r768")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--tiny-check", action="store_true", help="first: the tiny models' factors on this device vs the CPU's")
     ap.add_argument("--out", default=None)
@@ -77,34 +79,20 @@ def main(argv=None):
         model.zero_grad(set_to_none=True)
 
     def variant(spec):
-        """group: on CUDA each batch's factors of one width summed by one batched product at the batch's end; defer: the
-        products one by one at the batch's end; `_side`: those on a side stream;
-        full: one product per factor and batch (the CUDA path before grouping); rN: recursive halving down to width N;
-        pN: row panels of width N (these three without grouping)."""
-        if spec.startswith("group") or spec.startswith("defer"):   # group, group_side, defer, defer_side
-            def run():
-                old = kfac._SYM_BATCHED.get(dev.type), kfac._SYM_STREAM.get(dev.type)
-                kfac._SYM_BATCHED[dev.type], kfac._SYM_STREAM[dev.type] = spec.startswith("group"), spec.endswith("_side")
-                try: return kfac.kfac_factors(model, lb, modules=mods, progress=False)
-                finally: kfac._SYM_BATCHED[dev.type], kfac._SYM_STREAM[dev.type] = old
-            return run
-        leaf, panel = (1 << 30, None) if spec == "full" else (int(spec[1:]), None) if spec[0] == "r" else (1 << 30, int(spec[1:]))
+        "full: one product per factor and batch (the library's CUDA path); rN: recursive halving down to width N."
+        leaf = 1 << 30 if spec == "full" else int(spec[1:])
         def run():
-            old = kfac._SYM_LEAF.get(dev.type), kfac._SYM_PANEL.get(dev.type), kfac._SYM_GROUP.pop(dev.type, None)
-            kfac._SYM_LEAF[dev.type], kfac._SYM_PANEL[dev.type] = leaf, panel
+            old = kfac._SYM_LEAF.get(dev.type)
+            kfac._SYM_LEAF[dev.type] = leaf
             try: return kfac.kfac_factors(model, lb, modules=mods, progress=False)
-            finally:
-                kfac._SYM_LEAF[dev.type], kfac._SYM_PANEL[dev.type] = old[:2]
-                if old[2] is not None: kfac._SYM_GROUP[dev.type] = old[2]
+            finally: kfac._SYM_LEAF[dev.type] = old
         return run
 
     def hooks_only():      # the hooks, selections and casts without the products: where the rest goes
-        real = kfac._sym_addmm_, kfac._sym_panels_, kfac._SYM_GROUP.pop(dev.type, None)
-        kfac._sym_addmm_ = kfac._sym_panels_ = lambda C, *args: C
+        real = kfac._sym_addmm_
+        kfac._sym_addmm_ = lambda C, *args: C
         try: return kfac.kfac_factors(model, lb, modules=mods, progress=False)
-        finally:
-            kfac._sym_addmm_, kfac._sym_panels_ = real[:2]
-            if real[2] is not None: kfac._SYM_GROUP[dev.type] = real[2]
+        finally: kfac._sym_addmm_ = real
 
     def forward_only():
         with torch.no_grad():

@@ -34,19 +34,6 @@ def _sampled_labels(logits, gen):
     return torch.multinomial(probs.reshape(-1, probs.shape[-1]).cpu(), 1, generator=gen).view(probs.shape[:-1]).to(logits.device)
 
 _SYM_LEAF = dict(cpu=192, cuda=1 << 30)   # below this width one full product (CUDA: launch-bound at these sizes, measured)
-_SYM_PANEL = dict()                       # device type -> panel width: the upper triangle in row panels instead (see below)
-# device type -> bytes that a batch's rows may hold while they wait for their products (CUDA: a quarter of the free
-# memory). On a GPU the pass is bound by launching kernels, not by arithmetic: there each batch's rows are kept, and the
-# factors of one width are summed by one batched product into a stack of accumulators (`_stack_products`)
-_SYM_GROUP = dict(cuda=lambda dev: torch.cuda.mem_get_info(dev)[0] // 4)
-_SYM_BATCHED = dict(cuda=True)   # device type -> whether the grouped products are batched (else one by one, at the batch's end)
-_SYM_STREAM = dict()             # device types whose grouped products run on a side stream, beside the next batch's kernels
-
-def _sym_panels_(C: torch.Tensor, a: torch.Tensor, beta: float = 1.0, alpha: float = 1.0, panel: int = 384) -> torch.Tensor:
-    "C <- beta C + alpha a^T a on C's upper block triangle, one product per row panel: C[i:i+p, i:] += a[:, i:i+p]^T a[:, i:]."
-    for i in range(0, C.shape[0], panel):
-        C[i:i + panel, i:].addmm_(a[:, i:i + panel].T, a[:, i:], beta=beta, alpha=alpha)
-    return C
 
 def _sym_addmm_(C: torch.Tensor, a: torch.Tensor, beta: float = 1.0, alpha: float = 1.0, leaf: int = 192) -> torch.Tensor:
     "C <- beta C + alpha a^T a on C's upper block triangle only (recursive halving: ~half the products); `_mirror` completes it."
@@ -85,70 +72,20 @@ def kfac_factors(model, batches: list[dict], modules: dict[str, nn.Module] | lis
     if n_ranks > 1 and len(batches) < n_ranks: raise ValueError(f"{len(batches)} batches for {n_ranks} ranks: give every rank at least one")
     mods = linear_modules(model) if modules is None else (modules if isinstance(modules, dict) else linear_modules(model, modules))
     dev = next(model.parameters()).device
-    leaf, panel = _SYM_LEAF.get(dev.type, 1 << 30), _SYM_PANEL.get(dev.type)
-    budget = _SYM_GROUP[dev.type](dev) if ema is None and dev.type in _SYM_GROUP else 0   # the EMA: each factor on its own
-    pending, stacks = [], {}    # [(accumulator, rows)] awaiting their products; id(a stacked accumulator) -> (stack, index)
-    batched = _SYM_BATCHED.get(dev.type, True)
-    side = torch.cuda.Stream(dev) if budget and dev.type == "cuda" and _SYM_STREAM.get("cuda") else None
+    leaf = _SYM_LEAF.get(dev.type, 1 << 30)
     has_bias = {n: getattr(m, "bias", None) is not None for n, m in mods.items()}
     acc = {n: dict(A=None, G=None, D=None, n=0) for n in mods}
     sharers = {}        # id(an A accumulator) -> the modules whose A it is (q/k/v share one, as do gate/up)
     gen = torch.Generator().manual_seed(seed + rank)
     state, handles = {}, []
 
-    def product(C, a, beta, alpha):
-        if panel: _sym_panels_(C, a, beta, alpha, panel)
-        else: _sym_addmm_(C, a, beta, alpha, leaf)
-
     def fold(st, key, a):
         "Fold a^T a of one batch into st[key] (upper triangle): a running sum, or the paper's EMA of batch means."
         first = st[key] is None
         if first: st[key] = a.new_empty(a.shape[1], a.shape[1])   # beta = 0 below: never read before written
-        if budget:      # later, batched with the other factors of its width (`drain`)
-            if first: st[key].zero_()
-            pending.append((st[key], a)); state["bytes"] += a.nelement() * a.element_size()
-            if state["bytes"] > budget: drain()
-            return
         beta = 0.0 if first else 1.0 if ema is None else ema
         alpha = 1.0 if ema is None else (1.0 if first else 1 - ema) / state["nb"]
-        product(st[key], a, beta, alpha)
-
-    def restack(Cs):
-        "One (n, d, d) stack holding the accumulators Cs; every reference to them now points to its view in the stack."
-        S = torch.stack(Cs); views = S.unbind(0); new = {id(C): v for C, v in zip(Cs, views)}
-        for st in acc.values():
-            for k in ("A", "G"):
-                if id(st[k]) in new: st[k] = new[id(st[k])]
-        for C, v in zip(Cs, views):
-            if id(C) in sharers: sharers[id(v)] = sharers.pop(id(C))
-        for i, v in enumerate(views): stacks[id(v)] = (S, i)
-        return S
-
-    def drain():
-        "The pending products, batched: per stack of accumulators (or per width, stacked now) one bmm of the stacked rows."
-        if side is None: return _drain()
-        side.wait_stream(torch.cuda.current_stream(dev))
-        for _, a in pending: a.record_stream(side)
-        with torch.cuda.stream(side): _drain()
-
-    def _drain():
-        if not batched:
-            for C, a in pending: product(C, a, 1.0, 1.0)
-            pending.clear(); state["bytes"] = 0; return
-        groups = {}
-        for C, a in pending:
-            home = stacks.get(id(C))
-            groups.setdefault(("stack", id(home[0])) if home else ("new", C.shape[0], a.shape[0]), []).append((C, a))
-        pending.clear(); state["bytes"] = 0
-        for key, items in groups.items():
-            Cs, rows = [C for C, _ in items], [a for _, a in items]
-            if len({id(C) for C in Cs}) < len(Cs) or len({a.shape[0] for a in rows}) > 1 or (key[0] == "new" and len(Cs) == 1):
-                for C, a in items: product(C, a, 1.0, 1.0)     # a module read twice in one batch, or alone: one by one
-                continue
-            S, idx = (restack(Cs), list(range(len(Cs)))) if key[0] == "new" else (stacks[id(Cs[0])][0], [stacks[id(C)][1] for C in Cs])
-            R = torch.stack(rows)
-            if idx == list(range(len(S))): S.baddbmm_(R.transpose(1, 2), R)
-            else: S.index_add_(0, torch.tensor(idx, device=S.device), torch.bmm(R.transpose(1, 2), R))
+        _sym_addmm_(st[key], a, beta, alpha, leaf)
 
     def flush():
         "A for the modules that just read one input tensor: one product into their shared accumulator."
@@ -162,7 +99,6 @@ def kfac_factors(model, batches: list[dict], modules: dict[str, nn.Module] | lis
             sharers[id(acc[names[0]]["A"])] = set(names)
         elif all(t is accs[0] for t in accs) and sharers[id(accs[0])] == set(names): fold(acc[names[0]], "A", a)
         else:   # the grouping changed between batches: give each module its own accumulator from here on
-            drain()
             for n in names:
                 t = acc[n]["A"]
                 if t is not None and len(sharers[id(t)]) > 1:
@@ -199,7 +135,7 @@ def kfac_factors(model, batches: list[dict], modules: dict[str, nn.Module] | lis
             for b in tqdm(shard(batches), desc=f"K-FAC ({fisher})", disable=not progress or rank > 0, leave=False):
                 mask = target_mask(b).to(dev); nb = int(mask.sum())
                 if nb == 0: continue
-                state.clear(); state.update(idx=mask.flatten().nonzero().squeeze(1), nb=nb, a={}, bytes=0)
+                state.clear(); state.update(idx=mask.flatten().nonzero().squeeze(1), nb=nb, a={})
                 ids = b["input_ids"].to(dev)
                 x = emb(ids).detach().requires_grad_(True)
                 logits = model(inputs_embeds=x, attention_mask=b["attention_mask"].to(dev), use_cache=False).logits
@@ -210,8 +146,6 @@ def kfac_factors(model, batches: list[dict], modules: dict[str, nn.Module] | lis
                 torch.autograd.grad(loss, x)
                 del loss
                 for n in mods: acc[n]["n"] += nb
-                drain()
-        if side is not None: torch.cuda.current_stream(dev).wait_stream(side)
     finally:
         for h in handles: h.remove()
         state.clear()
