@@ -21,7 +21,7 @@ from .distributed import world, shard, all_reduce_sum_, all_reduce_number
 # %% auto #0
 __all__ = ['FISHER_TYPES', 'kfac_factors', 'save_factors', 'load_factors', 'kronecker_eigenbasis', 'check_delta', 'project_delta',
            'curvature_grid', 'curvature_split', 'flat_subspace_mask', 'kfac_split', 'diagonal_split', 'kfac_quadratic',
-           'diagonal_quadratic', 'exact_fisher_quadratic', 'finite_difference_curvature', 'weight_hvp',
+           'diagonal_quadratic', 'exact_fisher_quadratic', 'finite_difference_curvature', 'hvp_operator', 'weight_hvp',
            'directional_curvature']
 
 # %% ../nbs/20_kfac.ipynb #6611169c
@@ -327,26 +327,42 @@ def finite_difference_curvature(model, module: nn.Module, D: torch.Tensor, batch
     finally: W.copy_(W0)
     return (lp + lm - 2 * l0) / eps ** 2
 
-def weight_hvp(model, module: nn.Module, batches: list[dict], V: torch.Tensor) -> torch.Tensor:
-    """H V, for H the Hessian of the mean next-token loss on `batches` w.r.t. `module.weight` and V in that weight's own
-    layout: a double backward (float64 result), exact up to float32 round-off, with no step size to choose."""
+@contextmanager
+def hvp_operator(model, module: nn.Module, batches: list[dict], n_tok: int | None = None):
+    """Within the block, V -> H V as `weight_hvp` computes it, with each batch's forward and first backward done once on
+    entry: every product is then one backward through the kept graphs (about half of `weight_hvp`'s work for a second
+    and later V). The graphs hold the weights as they were on entry: change no weight inside the block. `n_tok`: the
+    loss's normaliser (default: the batches' target positions). V: the weight's layout or flat; H V is float64, alike."""
     W = module.weight; dev = W.device
-    if V.shape != W.shape: raise ValueError(f"V is {tuple(V.shape)}, the weight is {tuple(W.shape)}")
-    n_tok = sum(int(target_mask(b).sum()) for b in batches)
-    attn = model.config._attn_implementation
+    n_tok = sum(int(target_mask(b).sum()) for b in batches) if n_tok is None else n_tok
+    attn, gs = model.config._attn_implementation, []
     try:
         model.set_attn_implementation("eager")   # SDPA's CPU kernels have no double backward
         with grads_only_for(model, [W]):
-            vv, out = V.to(dev, W.dtype), torch.zeros(W.shape, dtype=torch.float64)
             for b in batches:
                 b = {k: t.to(dev) for k, t in b.items()}
                 loss = next_token_loss(model(**b, use_cache=False).logits, b, "sum") / n_tok
-                g, = torch.autograd.grad(loss, W, create_graph=True)
-                hv, = torch.autograd.grad((g * vv).sum(), W)
-                out += hv.double().cpu()
-            return out
+                gs.append(torch.autograd.grad(loss, W, create_graph=True)[0])
+        def hv(V):
+            if V.numel() != W.numel() or V.shape not in (W.shape, (W.numel(),)):
+                raise ValueError(f"V is {tuple(V.shape)}, the weight is {tuple(W.shape)} (or give it flat, {W.numel()})")
+            vv, out = V.to(dev, W.dtype).view_as(W), torch.zeros(W.shape, dtype=torch.float64)
+            for g in gs: out += torch.autograd.grad((g * vv).sum(), W, retain_graph=True)[0].double().cpu()
+            return out.view(V.shape)
+        yield hv
     finally:
-        model.set_attn_implementation(attn)
+        gs.clear(); model.set_attn_implementation(attn)
+
+def weight_hvp(model, module: nn.Module, batches: list[dict], V: torch.Tensor) -> torch.Tensor:
+    """H V, for H the Hessian of the mean next-token loss on `batches` w.r.t. `module.weight` and V in that weight's own
+    layout: a double backward (float64 result), exact up to float32 round-off, with no step size to choose. One batch's
+    graph at a time; for many V at the same weights, `hvp_operator` keeps the graphs."""
+    W = module.weight
+    if V.shape != W.shape: raise ValueError(f"V is {tuple(V.shape)}, the weight is {tuple(W.shape)}")
+    n_tok, out = sum(int(target_mask(b).sum()) for b in batches), torch.zeros(W.shape, dtype=torch.float64)
+    for b in batches:
+        with hvp_operator(model, module, [b], n_tok) as hv: out += hv(V)
+    return out
 
 def directional_curvature(model, module: nn.Module, D: torch.Tensor, batches: list[dict]) -> float:
     """D^T H D: the second derivative of the mean loss on `batches` along D (d_out, d_in), from one Hessian-vector product.
