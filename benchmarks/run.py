@@ -1,6 +1,6 @@
 """Speed and memory of ortho-nbs, as ratios measured in one run on one machine (never asserted in tests).
 
-    .venv/bin/python benchmarks/run.py [--quick] [--device cpu|cuda|auto] [--only kfac|ddp|suite|prefix]
+    .venv/bin/python benchmarks/run.py [--quick] [--device cpu|cuda|auto] [--only kfac|ddp|suite|prefix|hvp]
 
 Writes benchmarks/results.json (flat keys) and benchmarks/results.md (a table with the machine's description).
 """
@@ -220,6 +220,32 @@ def frozen_prefix_generation_real(model, tok, dev, first=21, repeat=3):
                                           f"u projected out of blocks {first}..{window[-1]}, blocks 0..{first - 1} replayed, median of {repeat}")
 
 
+def hvp_real(model, tok, dev, block=22, n_vectors=4, repeat=3):
+    """30_ogd's Lanczos workload: `n_vectors` Hessian-vector products w.r.t. one down projection of SmolLM2 on 32 canaries
+    + 4 x 128 public tokens, by `weight_hvp` (a forward and two backwards per product) vs one `hvp_operator` (the
+    forward and first backward once, then one backward per product), interleaved; the products must agree."""
+    from ortho_nbs.data import canaries, public_documents
+    from ortho_nbs.hooks import encode
+    from ortho_nbs.kfac import weight_hvp, hvp_operator
+    from ortho_nbs.training import lm_batches, linear_modules
+    mod = linear_modules(model)[f"{block}.mlp.down_proj"]
+    enc = encode(tok, [c["text"] for c in canaries(32, seed=0)], add_special_tokens=True)
+    pub = lm_batches(tok, public_documents(split="train"), 128, 4, 4)[0]
+    bs = [dict(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]), pub]
+    g = torch.Generator().manual_seed(0)
+    Vs = [torch.randn(mod.weight.shape, generator=g) for _ in range(n_vectors)]
+    def each(): return [weight_hvp(model, mod, bs, V) for V in Vs]
+    def kept():
+        with hvp_operator(model, mod, bs) as hv: return [hv(V) for V in Vs]
+    err = max(((a - b).abs().max() / a.abs().max()).item() for a, b in zip(each(), kept()))
+    med, _ = interleaved(dict(each=each, kept=kept), repeat)
+    n_tok = sum(int(b["attention_mask"][:, 1:].sum()) for b in bs)
+    return dict(hvp_each_s=med["each"] / n_vectors, hvp_kept_s=med["kept"] / n_vectors, hvp_kept_speedup=med["each"] / med["kept"],
+                hvp_kept_max_rel_diff=err,
+                hvp_setting=f"SmolLM2-135M-Instruct, {block}.mlp.down_proj, {n_tok} target tokens (32 canaries + 4 x 128 public), "
+                            f"{n_vectors} products per call (the operator's build included), median of {repeat}")
+
+
 def ddp_agreement(model_name: str, world: int = 2, quick: bool = False) -> dict:
     "K-FAC and the plain + OGD fine-tunes with `world` torchrun processes against one process (benchmarks/ddp_agreement.py)."
     seqs, seq_len, bs = (4, 64, 2) if quick else (8, 128, 4)
@@ -259,9 +285,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer prompts and tokens (about a minute)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--only", choices=["kfac", "ddp", "suite", "prefix"], default=None,
+    ap.add_argument("--only", choices=["kfac", "ddp", "suite", "prefix", "hvp"], default=None,
                     help="kfac: only the K-FAC timings (real model and tiny); ddp: 2 processes vs 1 on SmolLM2-135M; "
                          "suite: the test suite's wall time; prefix: 30_ogd's evaluation and 10_ablation's generation with and without frozen_prefix; "
+                         "hvp: Hessian-vector products one by one vs from one hvp_operator; "
                          "merged into the existing results.json")
     a = ap.parse_args(argv)
     from ortho_nbs.models import load_model, packaged_gguf, resolve_device
@@ -283,6 +310,9 @@ def main(argv=None):
         model, tok = load_model("smollm2-135m-instruct", device=dev)
         out.update(frozen_prefix_real(model, tok, dev)); out.update(frozen_prefix_generation_real(model, tok, dev))
         print(write_results(out)); return
+    if a.only == "hvp":
+        model, tok = load_model("smollm2-135m-instruct", device=dev)
+        out.update(hvp_real(model, tok, dev)); print(write_results(out)); return
     if a.only == "kfac":
         model, tok = load_model("smollm2-135m-instruct", device=dev)
         out.update(kfac_real(model, tok, dev, seqs=8 if a.quick else 32))

@@ -331,25 +331,26 @@ def finite_difference_curvature(model, module: nn.Module, D: torch.Tensor, batch
 def hvp_operator(model, module: nn.Module, batches: list[dict], n_tok: int | None = None):
     """Within the block, V -> H V as `weight_hvp` computes it, with each batch's forward and first backward done once on
     entry: every product is then one backward through the kept graphs (about half of `weight_hvp`'s work for a second
-    and later V). The graphs hold the weights as they were on entry: change no weight inside the block. `n_tok`: the
-    loss's normaliser (default: the batches' target positions). V: the weight's layout or flat; H V is float64, alike."""
+    and later V). The graphs hold the weights as they were on entry: change no weight inside the block (only `module`'s
+    weight requires a gradient there). `n_tok`: the loss's normaliser (default: the batches' target positions).
+    V: the weight's layout or flat; H V is float64, alike."""
     W = module.weight; dev = W.device
     n_tok = sum(int(target_mask(b).sum()) for b in batches) if n_tok is None else n_tok
     attn, gs = model.config._attn_implementation, []
     try:
         model.set_attn_implementation("eager")   # SDPA's CPU kernels have no double backward
-        with grads_only_for(model, [W]):
+        with grads_only_for(model, [W]):     # held through the block: the products differentiate w.r.t. W (frozen or not)
             for b in batches:
                 b = {k: t.to(dev) for k, t in b.items()}
                 loss = next_token_loss(model(**b, use_cache=False).logits, b, "sum") / n_tok
                 gs.append(torch.autograd.grad(loss, W, create_graph=True)[0])
-        def hv(V):
-            if V.numel() != W.numel() or V.shape not in (W.shape, (W.numel(),)):
-                raise ValueError(f"V is {tuple(V.shape)}, the weight is {tuple(W.shape)} (or give it flat, {W.numel()})")
-            vv, out = V.to(dev, W.dtype).view_as(W), torch.zeros(W.shape, dtype=torch.float64)
-            for g in gs: out += torch.autograd.grad((g * vv).sum(), W, retain_graph=True)[0].double().cpu()
-            return out.view(V.shape)
-        yield hv
+            def hv(V):
+                if V.numel() != W.numel() or V.shape not in (W.shape, (W.numel(),)):
+                    raise ValueError(f"V is {tuple(V.shape)}, the weight is {tuple(W.shape)} (or give it flat, {W.numel()})")
+                vv, out = V.to(dev, W.dtype).view_as(W), torch.zeros(W.shape, dtype=torch.float64)
+                for g in gs: out += torch.autograd.grad((g * vv).sum(), W, retain_graph=True)[0].double().cpu()
+                return out.view(V.shape)
+            yield hv
     finally:
         gs.clear(); model.set_attn_implementation(attn)
 

@@ -142,3 +142,27 @@ def test_deprecated_split_names_give_the_same_split():
     assert int((old["mem"] != 0).sum()) == round(0.25 * dW.numel())
     with pytest.raises(TypeError, match="gen_fraction only"): kfac.kfac_split(dW, b, 0.5, gen_fraction=0.5)
     assert kfac.lm_batches is training.lm_batches and kfac.finetune is training.finetune and ogd.kfac_split is kfac.kfac_split
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_hvp_operator_equals_weight_hvp(family):
+    "One kept graph per batch gives the products weight_hvp gives (any V, weight layout or flat); a wrong shape is refused."
+    from ortho_nbs.kfac import weight_hvp, hvp_operator
+    m, tok = tiny_model(family), tiny_tokenizer()
+    bs = lm_batches(tok, ["the quick brown fox jumps over the lazy dog", "a lazy dog sleeps all afternoon"] * 3, seq_len=10, batch_size=3)
+    mod = linear_modules(m)["1.mlp.down_proj" if family == "llama" else "1.mlp.c_proj"]
+    g = torch.Generator().manual_seed(0)
+    Vs = [torch.randn(mod.weight.shape, generator=g) for _ in range(3)]
+    attn, flags = m.config._attn_implementation, [p.requires_grad for p in m.parameters()]
+    with hvp_operator(m, mod, bs) as hv:
+        got = [hv(V) for V in Vs]
+        flat = hv(Vs[0].flatten())
+        with pytest.raises(ValueError, match="the weight is"): hv(torch.zeros(5))
+    assert m.config._attn_implementation == attn and [p.requires_grad for p in m.parameters()] == flags   # restored
+    for V, h in zip(Vs, got): torch.testing.assert_close(h, weight_hvp(m, mod, bs, V), rtol=1e-10, atol=1e-12)
+    for p in m.parameters(): p.requires_grad_(False)          # a frozen model: the products are still w.r.t. the weight
+    with hvp_operator(m, mod, bs) as hv: torch.testing.assert_close(hv(Vs[0]), got[0], rtol=1e-10, atol=1e-12)
+    assert not any(p.requires_grad for p in m.parameters())
+    assert flat.shape == (Vs[0].numel(),) and torch.equal(flat, got[0].flatten())
+    # H is symmetric: <V1, H V2> = <V2, H V1>
+    assert abs((Vs[0].double() * got[1]).sum() - (Vs[1].double() * got[0]).sum()) < 1e-6 * got[0].abs().sum()
