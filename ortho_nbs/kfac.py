@@ -365,10 +365,12 @@ def weight_hvp(model, module: nn.Module, batches: list[dict], V: torch.Tensor) -
         with hvp_operator(model, module, [b], n_tok) as hv: out += hv(V)
     return out
 
-def directional_curvature(model, module: nn.Module, D: torch.Tensor, batches: list[dict]) -> float:
+def directional_curvature(model, module: nn.Module, D: torch.Tensor, batches: list[dict], hv=None) -> float:
     """D^T H D: the second derivative of the mean loss on `batches` along D (d_out, d_in), from one Hessian-vector product.
 
     What `finite_difference_curvature` estimates, without its cancellation: the second difference subtracts losses that
-    agree to 5-6 digits, so float32 round-off (which differs between CPUs and thread counts) is a large part of it."""
+    agree to 5-6 digits, so float32 round-off (which differs between CPUs and thread counts) is a large part of it.
+    `hv`: an open `hvp_operator` of the same module and batches, whose kept graphs the product then reuses."""
     W = module.weight; Dw = D if D.shape == W.shape else D.T
-    return (weight_hvp(model, module, batches, Dw) * Dw.double().cpu()).sum().item()
+    HD = weight_hvp(model, module, batches, Dw) if hv is None else hv(Dw)
+    return (HD * Dw.double().cpu()).sum().item()

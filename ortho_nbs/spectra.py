@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
-from .kfac import weight_hvp, hvp_operator
+from .kfac import weight_hvp
 
 # %% auto #0
 __all__ = ['lanczos', 'slq_density', 'density_on_grid', 'block_hvp']
