@@ -4,24 +4,52 @@
 
 # %% ../nbs/03_evaluation.ipynb #f39724b8
 from __future__ import annotations
-import math
+import inspect, math
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .hooks import batches, encode, encode_prompts, with_positions
+from transformers import DynamicCache
+from .hooks import batches, encode, encode_prompts, encode_shared, format_prompts, uses_chat, with_positions
 
 # %% auto #0
-__all__ = ['generate', 'next_token_logprobs', 'token_logprobs', 'kl_divergence', 'perplexity', 'wilson_interval']
+__all__ = ['cache_kw', 'shares_prefix', 'shared_prefix_cache', 'generate', 'next_token_logprobs', 'token_logprobs',
+           'kl_divergence', 'perplexity', 'wilson_interval']
 
 # %% ../nbs/03_evaluation.ipynb #0c3110fb
+def cache_kw(model) -> str:
+    "The keyword a model's forward takes its KV cache by: 'cache' (transformers >= 5.24) or 'past_key_values'."
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+def shares_prefix(model, length: int) -> bool:
+    """Whether a batch of `length` positions may be laid out `[prefix | padding | own tokens]`: always, unless the model
+    has sliding-window attention layers whose window is shorter (a window counts positions, padding included, so padding
+    in the middle would push real tokens out of it; left padding never does)."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    window, types = getattr(cfg, "sliding_window", None), getattr(cfg, "layer_types", None)
+    if window is None or (types is not None and "sliding_attention" not in types): return True
+    return length <= window
+
+@torch.no_grad()
+def shared_prefix_cache(model, prefix: torch.Tensor, n_rows: int) -> tuple:
+    "(KV cache holding `prefix` (1, k) run once and repeated for `n_rows` rows, the prefix's logits (1, k, vocab))."
+    cache = DynamicCache(config=model.config)
+    logits = model(input_ids=prefix, use_cache=True, **{cache_kw(model): cache}).logits
+    cache.batch_repeat_interleave(n_rows)
+    return cache, logits
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 16,
              chat: bool | str = "auto", progress: bool = True, desc: str = "generate") -> list[str]:
-    "Greedy continuations of `prompts` (only the new text), batched with left padding."
+    """Greedy continuations of `prompts` (only the new text), batched with left padding. Tokens that every prompt of a
+    batch starts with (a chat template's system turn) are run once and shared through the KV cache (`encode_shared`)."""
     dev, out = next(model.parameters()).device, []
     for chunk in tqdm(batches(list(prompts), batch_size), desc=desc, disable=not progress, leave=False):
-        enc = encode_prompts(tokenizer, chunk, chat, dev)
-        ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        enc = encode_shared(tokenizer, format_prompts(tokenizer, chunk, chat), dev, add_special_tokens=not uses_chat(tokenizer, chat))
+        if enc["prefix"] is not None and not shares_prefix(model, enc["input_ids"].shape[1] + max_new_tokens):
+            enc = dict(encode_prompts(tokenizer, chunk, chat, dev), prefix=None)
+        kw = {cache_kw(model): shared_prefix_cache(model, enc["prefix"], len(chunk))[0]} if enc["prefix"] is not None else {}
+        ids = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id, **kw)
         out += tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     return [o.strip() for o in out]
 
@@ -39,12 +67,22 @@ def next_token_logprobs(model, tokenizer, prompts: list[str], batch_size: int = 
 
 @torch.no_grad()
 def token_logprobs(model, tokenizer, texts: list[str], batch_size: int = 16, add_special_tokens: bool = False) -> torch.Tensor:
-    "log P(next token) at every non-pad position of already formatted `texts`, (n_tokens, vocab), float32 on the CPU."
+    """log P(next token) at every non-pad position of already formatted `texts`, (n_tokens, vocab), float32 on the CPU,
+    text after text. Tokens every text of a batch starts with are run once (`encode_shared`) and their rows repeated."""
     dev, out = next(model.parameters()).device, []
     for chunk in batches(list(texts), batch_size):
-        enc = encode(tokenizer, chunk, dev, add_special_tokens=add_special_tokens)
-        lp = F.log_softmax(model(**with_positions(enc), use_cache=False).logits.float(), -1)
-        out.append(lp[enc["attention_mask"].bool()].cpu())
+        enc = encode_shared(tokenizer, chunk, dev, add_special_tokens=add_special_tokens)
+        if enc["prefix"] is None or not shares_prefix(model, enc["input_ids"].shape[1]):
+            enc = encode(tokenizer, chunk, dev, add_special_tokens=add_special_tokens)
+            lp = F.log_softmax(model(**with_positions(enc), use_cache=False).logits.float(), -1)
+            out.append(lp[enc["attention_mask"].bool()].cpu()); continue
+        k = enc["prefix"].shape[1]
+        cache, pre = shared_prefix_cache(model, enc["prefix"], len(chunk))
+        pre = F.log_softmax(pre[0].float(), -1).cpu()
+        own = model(input_ids=enc["input_ids"][:, k:], attention_mask=enc["attention_mask"],
+                    position_ids=with_positions(enc)["position_ids"][:, k:], use_cache=True, **{cache_kw(model): cache}).logits
+        keep = enc["attention_mask"][:, k:].bool()
+        for r in range(len(chunk)): out += [pre, F.log_softmax(own[r, keep[r]].float(), -1).cpu()]
     return torch.cat(out)
 
 def kl_divergence(logp_p: torch.Tensor, logp_q: torch.Tensor) -> torch.Tensor:

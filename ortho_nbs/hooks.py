@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['decoder_layers', 'residual_writers', 'writer_weight', 'format_prompts', 'uses_chat', 'encode', 'encode_prompts',
-           'with_positions', 'batches', 'capture_blocks', 'residual_states']
+           'with_positions', 'batches', 'encode_shared', 'capture_blocks', 'residual_states']
 
 # %% ../nbs/01_hooks.ipynb #8eeaf5b4
 _LAYER_PATHS = ("model.layers", "model.language_model.layers", "language_model.model.layers", "transformer.h",
@@ -88,6 +88,26 @@ def batches(items: list, batch_size: int):
     "Consecutive slices of `items` of at most `batch_size`."
     if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+
+# %% ../nbs/01_hooks.ipynb #58afe72a
+def encode_shared(tokenizer, texts: list[str], device=None, add_special_tokens: bool = True, min_shared: int = 8) -> dict:
+    """`texts` encoded as `[prefix | left padding | own tokens]`: {'prefix': the (1, k) token ids every text starts with
+    (None when fewer than `min_shared` or one text), 'input_ids', 'attention_mask'} (n_texts, k + longest rest). Every row
+    keeps at least one own token, so its last position is its own."""
+    if not texts: raise ValueError("no prompts given")
+    rows = [tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"] for t in texts]
+    k = 0
+    if len(rows) > 1:
+        while all(len(r) > k + 1 for r in rows) and len({r[k] for r in rows}) == 1: k += 1
+    k = k if k >= min_shared else 0
+    width = max(len(r) - k for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((len(rows), k + width), pad, dtype=torch.long); mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        own = torch.tensor(r[k:], dtype=torch.long)
+        ids[i, :k], ids[i, k + width - len(own):] = torch.tensor(r[:k], dtype=torch.long), own
+        mask[i, :k] = 1; mask[i, k + width - len(own):] = 1
+    return dict(prefix=ids[:1, :k].to(device) if k else None, input_ids=ids.to(device), attention_mask=mask.to(device))
 
 # %% ../nbs/01_hooks.ipynb #bf5b7302
 class _Stop(Exception): pass

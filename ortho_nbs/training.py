@@ -5,7 +5,7 @@
 # %% ../nbs/07_training.ipynb #0ddb9a31
 from __future__ import annotations
 from contextlib import contextmanager
-import copy
+import copy, hashlib
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -91,17 +91,22 @@ def _find_cache(kwargs: dict):
 _KEPT_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)   # cache layers whose prefill state can be copied and put back
 
 def _batch_key(kwargs: dict, args: tuple):
-    "None (run in full) or ('plain' | 'kv', the batch's tensors as bytes); 'kv': the prefill of an empty KV cache."
+    """None (run in full) or (mode, the batch's tensors as bytes). Modes: 'plain' (no cache); 'kv', the prefill of an empty
+    KV cache; 'kvp', a prefill of several tokens on top of a cache that already holds a shared prefix (`encode_shared`),
+    keyed also by the hash of block 0's cached keys, which fixes that prefix. Decoding steps (one token) run in full."""
     ids = kwargs.get("input_ids", args[0] if args else None)
     if ids is None or kwargs.get("inputs_embeds") is not None: return None
-    cache = _find_cache(kwargs)
+    cache, extra = _find_cache(kwargs), []
     if cache is not None:
-        if cache.get_seq_length() > 0 or not all(isinstance(l, _KEPT_LAYERS) for l in cache.layers): return None
-        mode = "kv"
+        if not all(isinstance(l, _KEPT_LAYERS) for l in cache.layers): return None
+        if cache.get_seq_length() == 0: mode = "kv"
+        elif ids.shape[-1] > 1 and getattr(cache.layers[0], "is_initialized", False):
+            mode = "kvp"; extra = [hashlib.sha256(cache.layers[0].keys.detach().cpu().contiguous().numpy().tobytes()).hexdigest()]
+        else: return None
     elif kwargs.get("past_key_values") is not None or kwargs.get("use_cache", False): return None
     else: mode = "plain"
     parts = [ids] + [kwargs[k] for k in ("attention_mask", "position_ids") if kwargs.get(k) is not None]
-    return (mode,) + tuple((tuple(t.shape), str(t.dtype), t.detach().cpu().numpy().tobytes()) for t in parts)
+    return (mode, *extra) + tuple((tuple(t.shape), str(t.dtype), t.detach().cpu().numpy().tobytes()) for t in parts)
 
 def _copy_layer(layer):
     "A cache layer whose key/value tensors are copies (the original and the copy never share storage)."
@@ -148,7 +153,7 @@ def frozen_prefix(model, first: int, max_batches: int = 512, store: dict | None 
     def keep(mod, args, out):
         key = state.get("key")
         if key is not None and key not in store and len(store) < max_batches:
-            kv = [_copy_layer(l) for l in state["cache"].layers[:first]] if key[1] == "kv" else None
+            kv = [_copy_layer(l) for l in state["cache"].layers[:first]] if key[1] in ("kv", "kvp") else None
             store[key] = dict(h=(out[0] if isinstance(out, tuple) else out).detach(), kv=kv)
     h1 = model.register_forward_pre_hook(pre, with_kwargs=True)
     h2 = real[-1].register_forward_hook(keep)
