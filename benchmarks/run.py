@@ -220,6 +220,43 @@ def frozen_prefix_generation_real(model, tok, dev, first=21, repeat=3):
                                           f"u projected out of blocks {first}..{window[-1]}, blocks 0..{first - 1} replayed, median of {repeat}")
 
 
+def shared_prefix_real(model, tok, dev, repeat=3):
+    """10_ablation's two units of work on the base model: greedy answers to the 84 held-out avoidance prompts (24 tokens,
+    one batch of 84) and the log-probabilities of 60 neutral prompt + answer texts (the KL's forward), each as one
+    left-padded batch (every row runs the chat template's system turn) vs with the shared prefix run once
+    (`encode_shared`, what `generate` and `token_logprobs` do), interleaved; answers must be equal."""
+    from ortho_nbs.data import avoidance_pairs, neutral_prompts
+    from ortho_nbs.hooks import encode, encode_prompts, format_prompts, with_positions
+    from ortho_nbs.evaluation import generate, token_logprobs
+    prompts = [p["avoid"] for p in avoidance_pairs("heldout")]
+    @torch.no_grad()
+    def padded_answers():
+        enc = encode_prompts(tok, prompts, device=dev)
+        ids = model.generate(**enc, max_new_tokens=24, do_sample=False, pad_token_id=tok.pad_token_id)
+        return [o.strip() for o in tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
+    shared_answers = lambda: generate(model, tok, prompts, 24, len(prompts), progress=False)
+    neutral = neutral_prompts()[:60]
+    texts = [t + a for t, a in zip(format_prompts(tok, neutral), generate(model, tok, neutral, 24, 64, progress=False))]
+    @torch.no_grad()
+    def padded_logprobs():
+        enc = encode(tok, texts, dev, add_special_tokens=False)
+        lp = torch.log_softmax(model(**with_positions(enc), use_cache=False).logits.float(), -1)
+        return lp[enc["attention_mask"].bool()].cpu()
+    shared_logprobs = lambda: token_logprobs(model, tok, texts, 64)
+    same = padded_answers() == shared_answers()
+    a, b = padded_logprobs(), shared_logprobs()
+    med, _ = interleaved(dict(gen_padded=padded_answers, gen_shared=shared_answers, lp_padded=padded_logprobs, lp_shared=shared_logprobs), repeat)
+    k = encode_prompts(tok, prompts[:2])["input_ids"].shape[1]
+    return dict(shared_prefix_generation_padded_s=med["gen_padded"], shared_prefix_generation_s=med["gen_shared"],
+                shared_prefix_generation_speedup=med["gen_padded"] / med["gen_shared"], shared_prefix_generation_identical=bool(same),
+                shared_prefix_logprobs_padded_s=med["lp_padded"], shared_prefix_logprobs_s=med["lp_shared"],
+                shared_prefix_logprobs_speedup=med["lp_padded"] / med["lp_shared"],
+                shared_prefix_logprobs_max_abs_diff=float((a - b).abs().max()),
+                shared_prefix_setting=f"SmolLM2-135M-Instruct base model: {len(prompts)} held-out avoidance prompts x 24 greedy tokens in one batch; "
+                                      f"log-probs of {len(texts)} neutral prompt + answer texts ({a.shape[0]} positions); the chat template's "
+                                      f"system turn is the shared prefix; median of {repeat}, interleaved")
+
+
 def hvp_real(model, tok, dev, block=22, n_vectors=4, repeat=3):
     """30_ogd's Lanczos workload: `n_vectors` Hessian-vector products w.r.t. one down projection of SmolLM2 on 32 canaries
     + 4 x 128 public tokens, by `weight_hvp` (a forward and two backwards per product) vs one `hvp_operator` (the
@@ -287,7 +324,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--only", choices=["kfac", "ddp", "suite", "prefix", "hvp"], default=None,
                     help="kfac: only the K-FAC timings (real model and tiny); ddp: 2 processes vs 1 on SmolLM2-135M; "
-                         "suite: the test suite's wall time; prefix: 30_ogd's evaluation and 10_ablation's generation with and without frozen_prefix; "
+                         "suite: the test suite's wall time; prefix: 30_ogd's evaluation and 10_ablation's generation with and without frozen_prefix, and with and without the shared prefix; "
                          "hvp: Hessian-vector products one by one vs from one hvp_operator; "
                          "merged into the existing results.json")
     a = ap.parse_args(argv)
@@ -309,6 +346,7 @@ def main(argv=None):
     if a.only == "prefix":
         model, tok = load_model("smollm2-135m-instruct", device=dev)
         out.update(frozen_prefix_real(model, tok, dev)); out.update(frozen_prefix_generation_real(model, tok, dev))
+        out.update(shared_prefix_real(model, tok, dev))
         print(write_results(out)); return
     if a.only == "hvp":
         model, tok = load_model("smollm2-135m-instruct", device=dev)
