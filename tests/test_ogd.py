@@ -179,7 +179,9 @@ def test_frozen_prefix_generation_is_bit_identical_on_the_real_model():
     with frozen_prefix(model, 21) as kept:
         fast = [evaluate()]
         with ablated(model, u, [21, 25, 29]): fast.append(evaluate())   # a repeat: blocks 0..20 replayed, cache included
-        assert sorted(k[1] for k in kept) == ["kv", "kv", "plain", "plain"]
+        # generate: the chat template's system turn is prefilled once ('kv', the same for both batches), each batch's own
+        # tokens on top of it ('kvp', two batches); token_logprobs' raw texts share no prefix: two 'plain' batches
+        assert sorted(k[1] for k in kept) == ["kv", "kvp", "kvp", "plain", "plain"]
     for (g_full, lp_full), (g_fast, lp_fast) in zip(full, fast):
         assert g_fast == g_full and torch.equal(lp_fast, lp_full)
     assert not torch.equal(full[0][1], full[1][1])                          # the edit changes the model
