@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_runner.ipynb #7478b896
 from __future__ import annotations
-import argparse, ast, configparser, json, shutil, sys, time
+import argparse, ast, configparser, json, re, shutil, sys, time
 from pathlib import Path
 import os
 from .provenance import (project_root, parameters_cell, git_commit, OVERRIDES_ENV, DEFAULT_REL, tolerance,
@@ -12,7 +12,8 @@ from .provenance import (project_root, parameters_cell, git_commit, OVERRIDES_EN
 
 # %% auto #0
 __all__ = ['RUN_PARAMS', 'notebooks', 'load_profiles', 'notebook_parameters', 'parse_overrides', 'resolve_overrides', 'plan',
-           'NotebookFailed', 'reproduce', 'compare_results', 'check_results', 'format_check', 'reproduce_check', 'main']
+           'NotebookFailed', 'reproduce', 'compare_results', 'check_results', 'format_check', 'writes_results',
+           'reproduce_check', 'main']
 
 # %% ../nbs/05_runner.ipynb #f978290c
 RUN_PARAMS = ("profile", "out_dir")   # injected by the runner into every notebook
@@ -295,6 +296,11 @@ def _baseline_dir(profile: str, baseline: str | Path | None, root: Path) -> Path
     if not any(p.glob("[0-9][0-9]_*.json")) and (p / "results").is_dir(): p = p / "results"
     return p
 
+def writes_results(path: str | Path) -> bool:
+    "Whether a notebook reports results: a line of one of its code cells starts with `run.finish(` (a mention in a string does not count)."
+    cells = json.loads(Path(path).read_text())["cells"]
+    return any(re.match(r"\s*run\.finish\(", line) for c in cells if c["cell_type"] == "code" for line in "".join(c["source"]).splitlines())
+
 def reproduce_check(profile: str = "paper", only: list[str] | None = None, out: str | Path | None = None,
                     root: str | Path | None = None, baseline: str | Path | None = None, kernel: str = "python3",
                     overrides: dict | None = None) -> dict:
@@ -304,7 +310,7 @@ def reproduce_check(profile: str = "paper", only: list[str] | None = None, out: 
     root = project_root(root)
     base = _baseline_dir(profile, baseline, root)
     steps = plan(profile, only, root, overrides)       # every check before any work
-    reports = [nb.stem for nb, _ in steps if "run.finish(" in nb.read_text()]
+    reports = [nb.stem for nb, _ in steps if writes_results(nb)]
     missing = [s for s in reports if not (base / f"{s}.json").exists()]
     if missing: raise ValueError(f"{base} holds no committed results for {', '.join(missing)}: nothing to compare with "
                                  "(--baseline DIR, or --only the notebooks it has)")
