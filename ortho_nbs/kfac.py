@@ -332,11 +332,12 @@ def hvp_operator(model, module: nn.Module, batches: list[dict], n_tok: int | Non
     """Within the block, V -> H V as `weight_hvp` computes it, with each batch's forward and first backward done once on
     entry: every product is then one backward through the kept graphs (about half of `weight_hvp`'s work for a second
     and later V). The graphs hold the weights as they were on entry: change no weight inside the block (only `module`'s
-    weight requires a gradient there). `n_tok`: the loss's normaliser (default: the batches' target positions).
+    weight requires a gradient there; a product after an in-place change is refused). `n_tok`: the loss's normaliser (default: the batches' target positions).
     V: the weight's layout or flat; H V is float64, alike."""
     W = module.weight; dev = W.device
     n_tok = sum(int(target_mask(b).sum()) for b in batches) if n_tok is None else n_tok
     attn, gs = model.config._attn_implementation, []
+    params = dict(model.named_parameters()); versions = {n: p._version for n, p in params.items()}
     try:
         model.set_attn_implementation("eager")   # SDPA's CPU kernels have no double backward
         with grads_only_for(model, [W]):     # held through the block: the products differentiate w.r.t. W (frozen or not)
@@ -347,6 +348,9 @@ def hvp_operator(model, module: nn.Module, batches: list[dict], n_tok: int | Non
             def hv(V):
                 if V.numel() != W.numel() or V.shape not in (W.shape, (W.numel(),)):
                     raise ValueError(f"V is {tuple(V.shape)}, the weight is {tuple(W.shape)} (or give it flat, {W.numel()})")
+                changed = [n for n, p in params.items() if p._version != versions[n]]
+                if changed: raise ValueError(f"{len(changed)} weight(s) changed in place since the hvp_operator opened ({', '.join(changed[:3])}"
+                                             f"{', ...' if len(changed) > 3 else ''}): its kept graphs hold the old ones; open a new one after the change")
                 vv, out = V.to(dev, W.dtype).view_as(W), torch.zeros(W.shape, dtype=torch.float64)
                 for g in gs: out += torch.autograd.grad((g * vv).sum(), W, retain_graph=True)[0].double().cpu()
                 return out.view(V.shape)
