@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['VERDICTS', 'PACKAGES', 'DEFAULT_REL', 'OVERRIDES_ENV', 'project_root', 'git_commit', 'package_versions',
+__all__ = ['VERDICTS', 'PACKAGES', 'DEFAULT_REL', 'OVERRIDES_ENV', 'project_root', 'git_commit', 'package_versions', 'cpu_model',
            'peak_memory_mb', 'parameters_cell', 'check_metrics', 'claim', 'verdict', 'tolerance', 'default_tolerance',
            'resolve_tolerances', 'within', 'format_tolerance', 'run_overrides', 'Run']
 
@@ -47,6 +47,13 @@ def package_versions(names=PACKAGES) -> dict:
         try: out[n] = metadata.version(n)
         except metadata.PackageNotFoundError: out[n] = None
     return out
+
+def cpu_model() -> str:
+    "The processor by name (/proc/cpuinfo's 'model name', else `platform.processor()`) and its logical cores: where a time was measured."
+    name = ""
+    try: name = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "")
+    except OSError: pass
+    return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} logical cores"
 
 def peak_memory_mb() -> float:
     "Peak resident memory of this process so far, in MiB (Linux reports KiB, macOS bytes)."
@@ -199,7 +206,7 @@ class Run:
     def provenance(self) -> dict:
         return dict(notebook=self.notebook, profile=self.profile, overrides=self.overrides, git_commit=git_commit(_root_or_cwd()),
                     packages=package_versions(), models=self.models, seed=self.seed, device=self.device,
-                    torch_threads=torch.get_num_threads(), platform=platform.platform(), started=self.started,
+                    torch_threads=torch.get_num_threads(), cpu=cpu_model(), platform=platform.platform(), started=self.started,
                     finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), duration_s=round(time.perf_counter() - self.t0, 2),
                     peak_memory_mb=round(peak_memory_mb(), 1))
 
