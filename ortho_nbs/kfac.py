@@ -332,7 +332,8 @@ def hvp_operator(model, module: nn.Module, batches: list[dict], n_tok: int | Non
     """Within the block, V -> H V as `weight_hvp` computes it, with each batch's forward and first backward done once on
     entry: every product is then one backward through the kept graphs (about half of `weight_hvp`'s work for a second
     and later V). The graphs hold the weights as they were on entry: change no weight inside the block (only `module`'s
-    weight requires a gradient there; a product after an in-place change is refused). `n_tok`: the loss's normaliser (default: the batches' target positions).
+    weight requires a gradient there; a product after an in-place change is refused). `n_tok`: the loss's normaliser
+    (default: the batches' target positions).
     V: the weight's layout or flat; H V is float64, alike."""
     W = module.weight; dev = W.device
     n_tok = sum(int(target_mask(b).sum()) for b in batches) if n_tok is None else n_tok
