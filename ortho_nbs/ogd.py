@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
-from .hooks import encode, with_positions, batches as _chunks
-from .training import layer_weight, next_token_loss, target_mask, grads_only_for, batch_loss
+from .hooks import decoder_layers, encode, with_positions, batches as _chunks
+from .training import (layer_weight, next_token_loss, target_mask, grads_only_for, batch_loss, lm_loss, prefix_states,
+                               from_prefix, frozen_prefix)
 from .kfac import (kronecker_eigenbasis, curvature_grid, project_delta, kfac_factors, check_delta, flat_subspace_mask,
                             kfac_split, diagonal_split)   # the curvature splits live in 20_kfac; importing them from here keeps working
 from .evaluation import generate
@@ -127,12 +128,35 @@ def _source_batch(tokenizer, source, idx: list[int], dev) -> dict:
         return dict(input_ids=x, attention_mask=torch.ones_like(x))
     return with_positions(encode(tokenizer, [source[i] for i in idx], dev, add_special_tokens=True))
 
-def _data_parallel_grads(model, tokenizer, data, idx: list[int], weights: list, dev) -> tuple[torch.Tensor, list]:
+def _source_rows(tokenizer, source, dev) -> dict:
+    "Every row of `source` as one batch: a (n, seq_len) tensor of token windows as is, texts encoded together (left-padded to the longest)."
+    if torch.is_tensor(source): return dict(input_ids=source.to(dev), attention_mask=torch.ones_like(source, device=dev))
+    return with_positions(encode(tokenizer, list(source), dev, add_special_tokens=True))
+
+def _block_of(model, modules: dict) -> dict:
+    "The decoder block holding each of `modules` (None: outside every block)."
+    where = {id(m): i for i, b in enumerate(decoder_layers(model)) for m in b.modules()}
+    return {n: where.get(id(m)) for n, m in modules.items()}
+
+def _kept_states(model, first: int, rows: dict, store: dict | None) -> torch.Tensor:
+    "`prefix_states` of `rows`, taken from `store` when it holds them (keyed by `first` and the rows' tensors) and added to it."
+    key = ("prefix_states", first) + tuple(hashlib.sha256(rows[k].cpu().contiguous().numpy().tobytes()).hexdigest() for k in sorted(rows))
+    if store is not None and key in store: return store[key]
+    h = prefix_states(model, first, rows)
+    if store is not None: store[key] = h
+    return h
+
+def _step_loss(model, enc: dict, first: int, states, reduction: str = "mean") -> torch.Tensor:
+    "The next-token loss of one batch (`lm_loss`), started from the kept stream of its rows when blocks below `first` are frozen."
+    if not first: return lm_loss(model, enc, reduction)
+    with from_prefix(model, first, states): return lm_loss(model, enc, reduction)
+
+def _data_parallel_grads(model, batch_of, idx: list[int], weights: list, dev, first: int = 0) -> tuple[torch.Tensor, list]:
     "(mean loss, its gradients) over batch rows `idx`, computed data-parallel: this rank's rows idx[r::W], sums all-reduced."
     rank, n_ranks = world(); mine = idx[rank::n_ranks]
     if mine:
-        enc = _source_batch(tokenizer, data, mine, dev)
-        total = next_token_loss(model(**enc, use_cache=False).logits, enc, "sum")
+        enc, states = batch_of(mine)
+        total = _step_loss(model, enc, first, states, "sum")
         count, gs = int(target_mask(enc).sum()), list(torch.autograd.grad(total, weights))
         total = total.detach().reshape(1)
     else:
@@ -145,7 +169,7 @@ def _data_parallel_grads(model, tokenizer, data, idx: list[int], weights: list, 
 def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.Module], steps: int = 60,
                         lr: float = 1e-3, batch_size: int | dict[str, int] = 8, seed: int = 0, project: dict | None = None,
                         betas=(0.9, 0.999), eps: float = 1e-8, evaluate=None, eval_every: int = 0,
-                        progress: bool = True) -> dict:
+                        frozen_below: int = 0, prefix_store: dict | None = None, progress: bool = True) -> dict:
     """Adam with per-source moments on the weights of `modules`, one batch per source per step, keeping each source's share (eq. 8).
 
     `sources` maps a name to a list of texts or to a (n, seq_len) tensor of token windows; `batch_size` is one size
@@ -153,6 +177,9 @@ def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.M
     `evaluate(model)` -> {metric: number}, if given, runs at step 0, every `eval_every` steps and after the last.
     Under torch.distributed every rank passes the same sources and seed (so all draw the same batch indices), works on
     its share of each batch's rows and all-reduces the summed gradients: the same steps as one process, up to rounding.
+    `frozen_below`: no module lies below this block, so each source's rows enter it from streams computed once
+    (`prefix_states`; texts are then padded to the longest text of their source) and `evaluate` replays them
+    (`frozen_prefix`); `prefix_store`: a dict that keeps those streams across calls on the same model.
     Returns {'delta': {name: dW}, 'parts': {source: {name: dW_s}}, 'losses': {source: [...]}, 'curve': [{'step', ...}],
     'seen': {source: [indices drawn]}} with dW = sum_s dW_s in (d_out, d_in) layout."""
     if not sources or any(len(t) == 0 for t in sources.values()): raise ValueError("every data source needs at least one text")
@@ -162,7 +189,18 @@ def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.M
     if set(bs) != set(sources) or any(int(b) < 1 for b in bs.values()):
         raise ValueError(f"batch_size {batch_size!r}: give one size >= 1, or one per source {sorted(sources)}")
     if eval_every < 0: raise ValueError(f"eval_every={eval_every}: give 0 (no evaluation along the way) or a number of steps")
-    gen, dev = torch.Generator().manual_seed(seed), next(model.parameters()).device
+    gen, dev, first = torch.Generator().manual_seed(seed), next(model.parameters()).device, int(frozen_below)
+    if first:
+        low = sorted(n for n, b in _block_of(model, modules).items() if b is None or b < first)
+        if low: raise ValueError(f"frozen_below={first}: {', '.join(low[:4])} lie below block {first} or outside the decoder "
+                                 "blocks; freeze only blocks under the lowest trained one")
+        rows = {s: _source_rows(tokenizer, d, dev) for s, d in sources.items()}
+        kept = {s: _kept_states(model, first, rows[s], prefix_store) for s in sources}
+    def batch_of(s, idx):
+        "The batch of source `s`'s rows `idx`, and their kept streams (None when nothing is frozen)."
+        if not first: return _source_batch(tokenizer, sources[s], idx, dev), None
+        return {k: v[idx] for k, v in rows[s].items()}, kept[s][idx]
+    eval_store = {} if prefix_store is None else prefix_store
     W = {n: layer_weight(m) for n, m in modules.items()}                     # (d_out, d_in) views of the weights
     base = {n: w.detach().clone() for n, w in W.items()}
     mom = {s: {n: torch.zeros_like(w) for n, w in W.items()} for s in sources}
@@ -171,7 +209,8 @@ def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.M
     losses, seen, curve, (b1, b2) = {s: [] for s in sources}, {s: set() for s in sources}, [], betas
     def record(t):
         if evaluate is not None and (t == 0 or t == steps or eval_every and t % eval_every == 0):
-            curve.append(dict(step=t, **{k: float(x) for k, x in evaluate(model).items()}))
+            with frozen_prefix(model, first, store=eval_store): got = evaluate(model)
+            curve.append(dict(step=t, **{k: float(x) for k, x in got.items()}))
     record(0)
     with grads_only_for(model, [m.weight for m in modules.values()]):
         bar = tqdm(range(1, steps + 1), desc="fine-tune", disable=not progress or world()[0] > 0, leave=False)
@@ -179,11 +218,12 @@ def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.M
             grads = {}
             for s, data in sources.items():
                 idx = torch.randperm(len(data), generator=gen)[:bs[s]].tolist(); seen[s].update(idx)
-                if is_distributed(): loss, gs = _data_parallel_grads(model, tokenizer, data, idx, [m.weight for m in modules.values()], dev)
+                weights = [m.weight for m in modules.values()]
+                if is_distributed(): loss, gs = _data_parallel_grads(model, lambda r: batch_of(s, r), idx, weights, dev, first)
                 else:
-                    enc = _source_batch(tokenizer, data, idx, dev)
-                    loss = next_token_loss(model(**enc, use_cache=False).logits, enc)
-                    gs = torch.autograd.grad(loss, [m.weight for m in modules.values()])
+                    enc, states = batch_of(s, idx)
+                    loss = _step_loss(model, enc, first, states)
+                    gs = torch.autograd.grad(loss, weights)
                 gs = {n: (g.T if g.shape != W[n].shape else g) for n, g in zip(modules, gs)}
                 if not all(torch.isfinite(g).all() for g in gs.values()):
                     raise FloatingPointError(f"non-finite gradient at step {t} ({s}): lower lr={lr}")
@@ -258,7 +298,7 @@ def with_deltas(modules: dict[str, nn.Module], base: dict[str, torch.Tensor], de
             for n, m in modules.items(): layer_weight(m).copy_(base[n])
 
 # %% ../nbs/30_ogd.ipynb #d5a1ccbf
-CACHE_VERSION = 3   # bump when the fine-tune changes, so that old cached runs are not reused (3: token windows, curves)
+CACHE_VERSION = 4   # bump when the fine-tune changes, so that old cached runs are not reused (3: token windows, curves; 4: frozen prefix, lm_loss)
 
 def _fingerprint(x):
     "A JSON-able stand-in for a cache input: tensors by shape and content hash, containers element by element."
@@ -278,12 +318,14 @@ def _cache_key(model, **inputs) -> str:
 def libortho_finetunes(model, tokenizer, private: list[str], public, factor_batches: list[dict],
                        modules: dict[str, nn.Module], gen_fraction: float = 0.5, steps: int = 60, lr: float = 1e-3,
                        batch_size: int | dict[str, int] = 8, seed: int = 0, factors: dict | None = None, evaluate=None,
-                       eval_every: int = 0, eval_id: str | None = None, cache: bool = True, progress: bool = True) -> dict:
+                       eval_every: int = 0, eval_id: str | None = None, frozen_below: int | None = None,
+                       prefix_store: dict | None = None, cache: bool = True, progress: bool = True) -> dict:
     """K-FAC factors (with the diagonal Fisher), bases and S_gen masks of `modules`, then a plain and an OGD fine-tune.
 
     `public`: texts or a (n, seq_len) tensor of token windows; `factors`: reuse factors computed for these modules and
     `factor_batches` (else computed here); `evaluate`, `eval_every`: a curve along each fine-tune (see
     `attributed_finetune`), cached with it under `eval_id`, which names what `evaluate` measures (give one with `evaluate`).
+    `frozen_below` (None: the lowest block holding one of `modules`) and `prefix_store`: see `attributed_finetune`.
     Returns {'factors', 'bases', 'masks', 'plain', 'ogd', 'cached' (path), 'loaded'}; 'plain' and 'ogd' hold 'delta', 'parts',
     'losses', 'curve' and 'seen' as `attributed_finetune` returns them. The model's weights are left at the base.
     Under torch.distributed the factors and fine-tunes run data-parallel and are not cached (every rank would have to
@@ -294,6 +336,7 @@ def libortho_finetunes(model, tokenizer, private: list[str], public, factor_batc
     if set(factors) != set(modules): raise ValueError(f"factors cover {sorted(set(factors) ^ set(modules))[:3]} differently from the modules")
     bases = {n: kronecker_eigenbasis(f["A"], f["G"]) for n, f in factors.items()}
     masks = {n: flat_subspace_mask(b, gen_fraction) for n, b in bases.items()}
+    if frozen_below is None: frozen_below = min((b or 0) for b in _block_of(model, modules).values())
 
     def finetune_both() -> dict:
         b32 = {n: dict(U_G=b["U_G"].float(), U_A=b["U_A"].float()) for n, b in bases.items()}
@@ -302,7 +345,8 @@ def libortho_finetunes(model, tokenizer, private: list[str], public, factor_batc
         for label, proj in (("plain", None), ("ogd", dict(private=lambda n, g: ogd_project(g, b32[n], masks[n])))):
             with with_deltas(modules, base, None):
                 r = attributed_finetune(model, tokenizer, sources, modules, steps, lr, batch_size, seed, proj,
-                                        evaluate=evaluate, eval_every=eval_every, progress=progress)
+                                        evaluate=evaluate, eval_every=eval_every, frozen_below=frozen_below,
+                                        prefix_store=prefix_store, progress=progress)
             runs[label] = dict(parts=r["parts"], losses=r["losses"], curve=r["curve"], seen=r["seen"])
         return runs
 
@@ -310,7 +354,7 @@ def libortho_finetunes(model, tokenizer, private: list[str], public, factor_batc
     # and manifest.json, checked on every use and rebuilt when damaged (see cached_entry in 00_models)
     folder = cache_dir() / "finetunes" / _cache_key(model, private=private, public=public, modules=sorted(modules),
         factor_ids=[b["input_ids"] for b in factor_batches], gen_fraction=gen_fraction, steps=steps, lr=lr,
-        batch_size=batch_size, seed=seed, evaluation=[eval_id, eval_every] if evaluate is not None else None)
+        batch_size=batch_size, seed=seed, evaluation=[eval_id, eval_every] if evaluate is not None else None, frozen_below=frozen_below)
     legacy = folder.with_name(folder.name + ".pt")      # a single file, as ortho-nbs wrote it before manifests
     built = {}
     def build(tmp: Path):

@@ -15,7 +15,7 @@ from .hooks import decoder_layers, writer_weight, encode, with_positions
 
 # %% auto #0
 __all__ = ['layer_weight', 'linear_modules', 'lm_batches', 'target_mask', 'next_token_loss', 'grads_only_for', 'batch_loss',
-           'KnownBlock', 'frozen_prefix', 'finetune']
+           'KnownBlock', 'frozen_prefix', 'prefix_states', 'from_prefix', 'lm_loss', 'finetune']
 
 # %% ../nbs/07_training.ipynb #e4f7b7ba
 def _is_linear(m): return isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"
@@ -161,6 +161,58 @@ def frozen_prefix(model, first: int, max_batches: int = 512, store: dict | None 
     finally:
         h1.remove(); h2.remove(); use(real); state.clear()
         if own: store.clear()
+
+
+# %% ../nbs/07_training.ipynb #980df95a
+class _Stop(Exception): "Raised inside a forward pass once the wanted stream is taken."
+
+@torch.no_grad()
+def prefix_states(model, first: int, batch: dict, batch_size: int = 32) -> torch.Tensor:
+    """The residual stream entering block `first` for every row of `batch` (input_ids, attention_mask and, if given,
+    position_ids), (n_rows, T, d_model) on the model's device; computed `batch_size` rows at a time, blocks `first`.. not run."""
+    layers = decoder_layers(model)
+    if not 0 < first < len(layers): raise IndexError(f"first={first}: the prefix must end inside blocks 1..{len(layers) - 1}")
+    dev, out = next(model.parameters()).device, []
+    def take(mod, args, kwargs):
+        out.append((args[0] if args else kwargs["hidden_states"]).detach()); raise _Stop
+    hook = layers[first].register_forward_pre_hook(take, with_kwargs=True)
+    try:
+        for s in range(0, len(batch["input_ids"]), batch_size):
+            try: model(**{k: v[s:s + batch_size].to(dev) for k, v in batch.items()}, use_cache=False)
+            except _Stop: pass
+    finally: hook.remove()
+    return torch.cat(out)
+
+@contextmanager
+def from_prefix(model, first: int, states: torch.Tensor):
+    """Within the block the model skips blocks 0..`first`-1 and block `first` starts from `states` (B, T, d_model): the
+    stream those blocks give for the batch the model is called with (`prefix_states` of the same rows; the caller keeps
+    the two matched, a batch of another shape is refused)."""
+    layers = decoder_layers(model)
+    if not 0 < first < len(layers): raise IndexError(f"first={first}: the prefix must end inside blocks 1..{len(layers) - 1}")
+    def start(h):
+        if h.shape[:2] != states.shape[:2]:
+            raise ValueError(f"the batch is {tuple(h.shape[:2])} (rows, positions), the prefix states {tuple(states.shape[:2])}: "
+                             "give the states of this batch's rows")
+        return states.to(h.dtype)
+    real = [layers[i] for i in range(first)]
+    try:
+        for i, m in enumerate([KnownBlock(start)] + [KnownBlock(lambda h: h) for _ in range(first - 1)]): layers[i] = m
+        yield
+    finally:
+        for i, m in enumerate(real): layers[i] = m
+
+def lm_loss(model, batch: dict, reduction: str = "mean", dtype=torch.float32) -> torch.Tensor:
+    """`next_token_loss` of `model` on `batch`, with the LM head applied at the target positions only (no (B, T, vocab)
+    logits). Models without `get_output_embeddings` get the full logits."""
+    head, dev = model.get_output_embeddings(), next(model.parameters()).device
+    if head is None: return next_token_loss(model(**batch, use_cache=False).logits, batch, reduction, dtype=dtype)
+    mask = target_mask(batch).to(dev)
+    labels = torch.roll(batch["input_ids"].to(dev), -1, 1)[mask]
+    hook = head.register_forward_pre_hook(lambda mod, args: (args[0][mask],) + tuple(args[1:]))
+    try: logits = model(**batch, use_cache=False).logits
+    finally: hook.remove()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).to(dtype), labels, reduction=reduction)
 
 
 # %% ../nbs/07_training.ipynb #c22c89ba
