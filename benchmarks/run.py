@@ -1,6 +1,6 @@
 """Speed and memory of ortho-nbs, as ratios measured in one run on one machine (never asserted in tests).
 
-    .venv/bin/python benchmarks/run.py [--quick] [--device cpu|cuda|auto] [--only kfac|ddp|suite|prefix|hvp]
+    .venv/bin/python benchmarks/run.py [--quick] [--device cpu|cuda|auto] [--only kfac|ddp|suite|prefix|hvp|finetune]
 
 Writes benchmarks/results.json (flat keys) and benchmarks/results.md (a table with the machine's description).
 """
@@ -194,6 +194,40 @@ def frozen_prefix_real(model, tok, dev, n_canaries=128, n_windows=16, first=16, 
                                       f"blocks 0..{first - 1} frozen (30_ogd's fine-tuned blocks start at {first}), median of {repeat}")
 
 
+def finetune_step_real(model, tok, dev, first=16, repeat=3):
+    """30_ogd's fine-tune step on the real model: the gradients of the MLP up/down weights of blocks 16..27 for one batch of
+    4 training windows (128 tokens) and one of 32 canaries, as before (full forward, `next_token_loss` on the (B, T, vocab)
+    logits) vs now (blocks 0..15 started from `prefix_states` kept once per row, `lm_loss` at the target positions only),
+    interleaved; the losses and gradients must agree to float rounding."""
+    from ortho_nbs.data import canaries, public_documents
+    from ortho_nbs.training import lm_batches, linear_modules, next_token_loss, lm_loss, prefix_states, from_prefix, grads_only_for
+    from ortho_nbs.hooks import encode, with_positions
+    mods = linear_modules(model, include=["mlp.up_proj", "mlp.down_proj"], layers=list(range(first, 28)))
+    W = [m.weight for m in mods.values()]
+    win = torch.cat([b["input_ids"] for b in lm_batches(tok, public_documents(split="train"), 128, 64, 16)])[:4].to(dev)
+    batches = [dict(input_ids=win, attention_mask=torch.ones_like(win)),
+               with_positions(encode(tok, [c["text"] for c in canaries(32, seed=0)], dev, add_special_tokens=True))]
+    states = [prefix_states(model, first, b) for b in batches]          # kept once per row in the fine-tune (not timed)
+    def before():
+        return [(l.item(), torch.autograd.grad(l, W)) for b in batches
+                for l in [next_token_loss(model(**b, use_cache=False).logits, b)]]
+    def now():
+        out = []
+        for b, h in zip(batches, states):
+            with from_prefix(model, first, h): l = lm_loss(model, b)
+            out.append((l.item(), torch.autograd.grad(l, W)))
+        return out
+    with grads_only_for(model, W):
+        a, b = before(), now()
+        loss_diff = max(abs(x[0] - y[0]) for x, y in zip(a, b))
+        grad_diff = max(float((ga - gb).abs().max() / ga.abs().max()) for x, y in zip(a, b) for ga, gb in zip(x[1], y[1]))
+        med, _ = interleaved(dict(before=before, now=now), repeat)
+    return dict(finetune_step_before_s=med["before"], finetune_step_s=med["now"], finetune_step_speedup=med["before"] / med["now"],
+                finetune_step_max_loss_diff=loss_diff, finetune_step_max_grad_rel_diff=grad_diff,
+                finetune_step_setting=f"SmolLM2-135M-Instruct, gradients of the MLP up/down weights of blocks {first}..27 for 4 windows "
+                                      f"x 128 tokens + 32 canaries, blocks 0..{first - 1} from kept streams, median of {repeat}, interleaved")
+
+
 def frozen_prefix_generation_real(model, tok, dev, first=21, repeat=3):
     """10_ablation's unit of work: greedy avoidance answers (84 held-out prompts, 24 tokens) of the model with u projected
     out of blocks first..L-1, in full vs with the prompts' prefill below block `first` replayed (KV cache included),
@@ -322,10 +356,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer prompts and tokens (about a minute)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--only", choices=["kfac", "ddp", "suite", "prefix", "hvp"], default=None,
+    ap.add_argument("--only", choices=["kfac", "ddp", "suite", "prefix", "hvp", "finetune"], default=None,
                     help="kfac: only the K-FAC timings (real model and tiny); ddp: 2 processes vs 1 on SmolLM2-135M; "
                          "suite: the test suite's wall time; prefix: 30_ogd's evaluation and 10_ablation's generation with and without frozen_prefix, and with and without the shared prefix; "
                          "hvp: Hessian-vector products one by one vs from one hvp_operator; "
+                         "finetune: 30_ogd's fine-tune step before and after the frozen prefix and lm_loss; "
                          "merged into the existing results.json")
     a = ap.parse_args(argv)
     from ortho_nbs.models import load_model, packaged_gguf, resolve_device
@@ -348,6 +383,9 @@ def main(argv=None):
         out.update(frozen_prefix_real(model, tok, dev)); out.update(frozen_prefix_generation_real(model, tok, dev))
         out.update(shared_prefix_real(model, tok, dev))
         print(write_results(out)); return
+    if a.only == "finetune":
+        model, tok = load_model("smollm2-135m-instruct", device=dev)
+        out.update(finetune_step_real(model, tok, dev)); print(write_results(out)); return
     if a.only == "hvp":
         model, tok = load_model("smollm2-135m-instruct", device=dev)
         out.update(hvp_real(model, tok, dev)); print(write_results(out)); return

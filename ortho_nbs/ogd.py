@@ -138,11 +138,23 @@ def _block_of(model, modules: dict) -> dict:
     where = {id(m): i for i, b in enumerate(decoder_layers(model)) for m in b.modules()}
     return {n: where.get(id(m)) for n, m in modules.items()}
 
-def _kept_states(model, first: int, rows: dict, store: dict | None) -> torch.Tensor:
-    "`prefix_states` of `rows`, taken from `store` when it holds them (keyed by `first` and the rows' tensors) and added to it."
+class _KeptStreams:
+    """The stream entering block `first` for the rows of `rows`, computed `chunk` rows at a time (rows c*chunk..) the
+    first time one of them is asked for (`prefix_states`): a short run touches only the chunks it draws from, and a
+    row's stream does not depend on which rows were drawn before it."""
+    def __init__(self, model, first: int, rows: dict, chunk: int = 32):
+        self.model, self.first, self.rows, self.chunk, self.parts = model, first, rows, chunk, {}
+    def __getitem__(self, idx: list[int]) -> torch.Tensor:
+        c = self.chunk
+        for k in sorted({i // c for i in idx} - set(self.parts)):
+            self.parts[k] = prefix_states(self.model, self.first, {n: v[k * c:(k + 1) * c] for n, v in self.rows.items()}, c)
+        return torch.stack([self.parts[i // c][i % c] for i in idx])
+
+def _kept_states(model, first: int, rows: dict, store: dict | None) -> _KeptStreams:
+    "The `_KeptStreams` of `rows`, taken from `store` when it holds them (keyed by `first` and the rows' tensors) and added to it."
     key = ("prefix_states", first) + tuple(hashlib.sha256(rows[k].cpu().contiguous().numpy().tobytes()).hexdigest() for k in sorted(rows))
     if store is not None and key in store: return store[key]
-    h = prefix_states(model, first, rows)
+    h = _KeptStreams(model, first, rows)
     if store is not None: store[key] = h
     return h
 

@@ -163,7 +163,7 @@ def frozen_prefix(model, first: int, max_batches: int = 512, store: dict | None 
         if own: store.clear()
 
 
-# %% ../nbs/07_training.ipynb #980df95a
+# %% ../nbs/07_training.ipynb #4e568ad6
 class _Stop(Exception): "Raised inside a forward pass once the wanted stream is taken."
 
 @torch.no_grad()
