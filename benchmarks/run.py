@@ -198,10 +198,12 @@ def finetune_step_real(model, tok, dev, first=16, repeat=3):
     """30_ogd's fine-tune step on the real model: the gradients of the MLP up/down weights of blocks 16..27 for one batch of
     4 training windows (128 tokens) and one of 32 canaries, as before (full forward, `next_token_loss` on the (B, T, vocab)
     logits) vs now (blocks 0..15 started from `prefix_states` kept once per row, `lm_loss` at the target positions only),
-    interleaved; the losses and gradients must agree to float rounding."""
+    interleaved; the losses and gradients must agree to float rounding. Also the step's FLOPs (torch's FlopCounterMode)
+    and what the paper profile's six fine-tunes cost at the rate the step reaches: the floor of `30_ogd`'s first run."""
     from ortho_nbs.data import canaries, public_documents
     from ortho_nbs.training import lm_batches, linear_modules, next_token_loss, lm_loss, prefix_states, from_prefix, grads_only_for
     from ortho_nbs.hooks import encode, with_positions
+    from torch.utils.flop_counter import FlopCounterMode
     mods = linear_modules(model, include=["mlp.up_proj", "mlp.down_proj"], layers=list(range(first, 28)))
     W = [m.weight for m in mods.values()]
     win = torch.cat([b["input_ids"] for b in lm_batches(tok, public_documents(split="train"), 128, 64, 16)])[:4].to(dev)
@@ -222,8 +224,21 @@ def finetune_step_real(model, tok, dev, first=16, repeat=3):
         loss_diff = max(abs(x[0] - y[0]) for x, y in zip(a, b))
         grad_diff = max(float((ga - gb).abs().max() / ga.abs().max()) for x, y in zip(a, b) for ga, gb in zip(x[1], y[1]))
         med, _ = interleaved(dict(before=before, now=now), repeat)
+        fc = FlopCounterMode(display=False)
+        with fc: now()
+    # the arithmetic floor of 30_ogd's paper profile: 3 seeds x (plain + OGD) x 72 steps; an OGD step adds the projection
+    # of eq. 7 (U_G^T G U_A and back: four products per weight)
+    step_flop = fc.get_total_flops()
+    proj_flop = sum(4 * (o * o * i + o * i * i) for o, i in (tuple(w.shape) for w in W))
+    paper_flop = 6 * 72 * step_flop + 3 * 72 * proj_flop
+    peak = matmul_peak_flops(dev)
     return dict(finetune_step_before_s=med["before"], finetune_step_s=med["now"], finetune_step_speedup=med["before"] / med["now"],
                 finetune_step_max_loss_diff=loss_diff, finetune_step_max_grad_rel_diff=grad_diff,
+                finetune_step_gflop=step_flop / 1e9, finetune_step_gflops=step_flop / med["now"] / 1e9,
+                ogd_projection_gflop=proj_flop / 1e9, finetune_matmul_peak_gflops=peak / 1e9,
+                finetune_paper_tflop=paper_flop / 1e12, finetune_paper_floor_min=paper_flop / (step_flop / med["now"]) / 60,
+                finetune_paper_floor_note="30_ogd's six paper-profile fine-tunes (3 seeds x plain/OGD x 72 steps) at the rate this "
+                                          "step's products reach; at finetune_matmul_peak_gflops (2048^2 fp32) it is less",
                 finetune_step_setting=f"SmolLM2-135M-Instruct, gradients of the MLP up/down weights of blocks {first}..27 for 4 windows "
                                       f"x 128 tokens + 32 canaries, blocks 0..{first - 1} from kept streams, median of {repeat}, interleaved")
 
