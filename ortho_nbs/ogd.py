@@ -128,10 +128,6 @@ def _source_batch(tokenizer, source, idx: list[int], dev) -> dict:
         return dict(input_ids=x, attention_mask=torch.ones_like(x))
     return with_positions(encode(tokenizer, [source[i] for i in idx], dev, add_special_tokens=True))
 
-def _source_rows(tokenizer, source, dev) -> dict:
-    "Every row of `source` as one batch: a (n, seq_len) tensor of token windows as is, texts encoded together (left-padded to the longest)."
-    if torch.is_tensor(source): return dict(input_ids=source.to(dev), attention_mask=torch.ones_like(source, device=dev))
-    return with_positions(encode(tokenizer, list(source), dev, add_special_tokens=True))
 
 def _block_of(model, modules: dict) -> dict:
     "The decoder block holding each of `modules` (None: outside every block)."
@@ -206,7 +202,7 @@ def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.M
         low = sorted(n for n, b in _block_of(model, modules).items() if b is None or b < first)
         if low: raise ValueError(f"frozen_below={first}: {', '.join(low[:4])} lie below block {first} or outside the decoder "
                                  "blocks; freeze only blocks under the lowest trained one")
-        rows = {s: _source_rows(tokenizer, d, dev) for s, d in sources.items()}
+        rows = {s: _source_batch(tokenizer, d, list(range(len(d))), dev) for s, d in sources.items()}   # texts: padded to their source's longest
         kept = {s: _kept_states(model, first, rows[s], prefix_store) for s in sources}
     def batch_of(s, idx):
         "The batch of source `s`'s rows `idx`, and their kept streams (None when nothing is frozen)."
@@ -224,13 +220,13 @@ def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.M
             with frozen_prefix(model, first, store=eval_store): got = evaluate(model)
             curve.append(dict(step=t, **{k: float(x) for k, x in got.items()}))
     record(0)
-    with grads_only_for(model, [m.weight for m in modules.values()]):
+    weights = [m.weight for m in modules.values()]
+    with grads_only_for(model, weights):
         bar = tqdm(range(1, steps + 1), desc="fine-tune", disable=not progress or world()[0] > 0, leave=False)
         for t in bar:
             grads = {}
             for s, data in sources.items():
                 idx = torch.randperm(len(data), generator=gen)[:bs[s]].tolist(); seen[s].update(idx)
-                weights = [m.weight for m in modules.values()]
                 if is_distributed(): loss, gs = _data_parallel_grads(model, lambda r: batch_of(s, r), idx, weights, dev, first)
                 else:
                     enc, states = batch_of(s, idx)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
-from .hooks import decoder_layers, writer_weight, encode, with_positions
+from .hooks import decoder_layers, writer_weight, encode, with_positions, capture_blocks, _Stop
 
 # %% auto #0
 __all__ = ['layer_weight', 'linear_modules', 'lm_batches', 'target_mask', 'next_token_loss', 'grads_only_for', 'batch_loss',
@@ -164,8 +164,6 @@ def frozen_prefix(model, first: int, max_batches: int = 512, store: dict | None 
 
 
 # %% ../nbs/07_training.ipynb #4e568ad6
-class _Stop(Exception): "Raised inside a forward pass once the wanted stream is taken."
-
 @torch.no_grad()
 def prefix_states(model, first: int, batch: dict, batch_size: int = 32) -> torch.Tensor:
     """The residual stream entering block `first` for every row of `batch` (input_ids, attention_mask and, if given,
@@ -173,14 +171,10 @@ def prefix_states(model, first: int, batch: dict, batch_size: int = 32) -> torch
     layers = decoder_layers(model)
     if not 0 < first < len(layers): raise IndexError(f"first={first}: the prefix must end inside blocks 1..{len(layers) - 1}")
     dev, out = next(model.parameters()).device, []
-    def take(mod, args, kwargs):
-        out.append((args[0] if args else kwargs["hidden_states"]).detach()); raise _Stop
-    hook = layers[first].register_forward_pre_hook(take, with_kwargs=True)
-    try:
+    with capture_blocks(model, [first - 1], lambda i, h: out.append(h.detach())):      # block first-1's output, then stop
         for s in range(0, len(batch["input_ids"]), batch_size):
             try: model(**{k: v[s:s + batch_size].to(dev) for k, v in batch.items()}, use_cache=False)
             except _Stop: pass
-    finally: hook.remove()
     return torch.cat(out)
 
 @contextmanager
