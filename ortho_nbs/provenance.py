@@ -4,19 +4,20 @@
 
 # %% ../nbs/04_provenance.ipynb #d7ea10cd
 from __future__ import annotations
-import ast, builtins, json, math, os, platform, resource, subprocess, sys, time
+import ast, builtins, html, json, math, os, platform, re, resource, subprocess, sys, time
 from fnmatch import fnmatchcase
 from importlib import metadata
 from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['VERDICTS', 'PACKAGES', 'DEFAULT_REL', 'OVERRIDES_ENV', 'project_root', 'git_commit', 'package_versions', 'cpu_model',
-           'peak_memory_mb', 'parameters_cell', 'check_metrics', 'claim', 'verdict', 'tolerance', 'default_tolerance',
-           'resolve_tolerances', 'within', 'format_tolerance', 'run_overrides', 'Run']
+__all__ = ['PACKAGES', 'KINDS', 'VERDICTS', 'NEGATIVE', 'DIAGNOSES', 'CI_SUFFIXES', 'VERDICT_COLOURS', 'DEFAULT_REL',
+           'OVERRIDES_ENV', 'project_root', 'git_commit', 'package_versions', 'cpu_model', 'peak_memory_mb',
+           'parameters_cell', 'check_metrics', 'Rule', 'amendment', 'Claim', 'Claims', 'declare', 'validate_claims',
+           'counts_as_evidence', 'ClaimsTable', 'render', 'tolerance', 'default_tolerance', 'resolve_tolerances',
+           'within', 'format_tolerance', 'run_overrides', 'Run']
 
 # %% ../nbs/04_provenance.ipynb #7d005324
-VERDICTS = ("holds", "partly", "does not hold at this scale", "does not hold", "not tested")
 PACKAGES = ("torch", "transformers", "gguf", "safetensors", "numpy", "pandas", "matplotlib", "papermill", "nbdev", "ortho-nbs")
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -85,17 +86,335 @@ def check_metrics(metrics: dict) -> dict:
         out[str(k)] = float(v)
     return out
 
-def claim(claim: str, paper, measured, setting: str, verdict: str) -> dict:
-    "One row of a claims table; `verdict` is one of VERDICTS."
-    if verdict not in VERDICTS: raise ValueError(f"verdict {verdict!r} is not one of {VERDICTS}")
-    return dict(claim=claim, paper=str(paper), measured=str(measured), setting=setting, verdict=verdict)
+# %% ../nbs/04_provenance.ipynb #c1a1d002
+KINDS = ("paper", "precondition", "control", "extension", "check")
+VERDICTS = ("holds", "partly", "does not hold", "underpowered", "not tested")
+NEGATIVE = ("does not hold", "underpowered", "not tested")
+DIAGNOSES = {
+    "scale": "the same method at the paper's scale (model, data, steps) might differ",
+    "proxy": "our substitute data or metric differs from what the paper measured",
+    "construction": "the outcome follows from the definitions, not from evidence",
+    "deviation": "our reading or implementation of the method differs from the paper's",
+    "power": "the test cannot decide at this sample size",
+    "precondition": "a declared precondition failed, so the experiment could not have found the claim holding",
+}
+CI_SUFFIXES = ("_ci_lo", "_ci_hi")   # metric m with m_ci_lo and m_ci_hi reported: a comparison on m is decided on its interval
 
-def verdict(holds: bool, partly: bool = False, tested: bool = True) -> str:
-    """A claim's verdict from its rule: 'holds' when `holds`, else 'partly' when `partly`, else 'does not hold at this
-    scale'; 'not tested' when the claim's precondition failed (`tested=False`), so that the experiment could not have
-    found it holding."""
-    if not tested: return "not tested"
-    return "holds" if holds else "partly" if partly else "does not hold at this scale"
+
+# %% ../nbs/04_provenance.ipynb #c1a1d005
+_OPS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
+_CMP = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+        "==": lambda a, b: a == b, "!=": lambda a, b: a != b}
+_ARITH = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b}
+_FUNCS = {"abs": builtins.abs, "min": builtins.min, "max": builtins.max}
+
+def _parse_rule(expr: str, what: str) -> ast.Expression:
+    "Parse a decision rule; only metric names, numbers, + - * /, abs/min/max, comparisons and and/or/not are allowed."
+    try: tree = ast.parse(expr, mode="eval")
+    except SyntaxError as e: raise ValueError(f"{what} {expr!r} is not an expression: {e.msg}") from None
+    for node in ast.walk(tree):
+        ok = isinstance(node, (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.Compare,
+                               ast.BinOp, ast.Name, ast.Load, ast.Call, *_OPS, *_ARITH))
+        if isinstance(node, ast.Constant): ok = isinstance(node.value, (int, float)) and not isinstance(node.value, bool)
+        if isinstance(node, ast.Call): ok = isinstance(node.func, ast.Name) and node.func.id in _FUNCS and not node.keywords
+        if not ok: raise ValueError(f"{what} {expr!r}: {type(node).__name__} is not allowed; a rule compares metrics "
+                                    "(names, numbers, + - * /, abs/min/max, < <= > >= == !=, and/or/not)")
+    return tree
+
+def _names(tree) -> list[str]:
+    names = [n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not (isinstance(n.ctx, ast.Load) and n.id in _FUNCS)]
+    return list(dict.fromkeys(names))
+
+def _and3(vals):
+    vals = list(vals)
+    return False if False in vals else None if None in vals else True
+
+def _or3(vals):
+    vals = list(vals)
+    return True if True in vals else None if None in vals else False
+
+def _eval3(node, m: dict, spans: list):
+    "Three-valued evaluation: True, False, or None when a metric's 95% interval lies on both sides of a bar."
+    if isinstance(node, ast.Expression): return _eval3(node.body, m, spans)
+    if isinstance(node, ast.Constant): return float(node.value)
+    if isinstance(node, ast.Name):
+        if node.id not in m: raise KeyError(node.id)
+        return float(m[node.id])
+    if isinstance(node, ast.UnaryOp):
+        v = _eval3(node.operand, m, spans)
+        return -v if isinstance(node.op, ast.USub) else (None if v is None else not v)
+    if isinstance(node, ast.BinOp): return _ARITH[type(node.op)](_eval3(node.left, m, spans), _eval3(node.right, m, spans))
+    if isinstance(node, ast.Call): return _FUNCS[node.func.id](*[_eval3(a, m, spans) for a in node.args])
+    if isinstance(node, ast.BoolOp):
+        vals = [_eval3(v, m, spans) for v in node.values]
+        return _and3(vals) if isinstance(node.op, ast.And) else _or3(vals)
+    if isinstance(node, ast.Compare):
+        sides = [node.left, *node.comparators]
+        out = []
+        for (a, b), op in zip(zip(sides, sides[1:]), node.ops):
+            out.append(_compare3(a, b, _OPS[type(op)], m, spans))
+        return _and3(out)
+    raise ValueError(f"cannot evaluate {ast.dump(node)}")
+
+def _interval(node, m):
+    if isinstance(node, ast.Name) and all(node.id + s in m for s in CI_SUFFIXES):
+        return node.id, float(m[node.id + CI_SUFFIXES[0]]), float(m[node.id + CI_SUFFIXES[1]])
+    return None
+
+def _compare3(a, b, op, m, spans):
+    ia, ib = _interval(a, m), _interval(b, m)
+    va, vb = _eval3(a, m, spans), _eval3(b, m, spans)
+    if ia is None and ib is None: return _CMP[op](va, vb)
+    name, lo, hi = ia or ib
+    ends = [_CMP[op](x, vb) for x in (lo, hi)] if ia else [_CMP[op](va, x) for x in (lo, hi)]
+    if ends[0] == ends[1]: return ends[0]
+    spans.append(f"{name}'s 95% interval [{_num(lo)}, {_num(hi)}] lies on both sides of the bar {ast.unparse(b if ia else a)}")
+    return None
+
+def _num(x) -> str:
+    x = float(x)
+    if x == int(x) and builtins.abs(x) < 1e6: return str(int(x))
+    return f"{x:.3g}" if 1e-3 <= builtins.abs(x) < 1e4 else f"{x:.2e}"
+
+class Rule:
+    """A claim's decision rule, written once (from the paper's statement or an issue's bar) and both rendered and evaluated.
+
+    `holds` and `partly` are expressions over metric names (`avoidance_relative_reduction >= 0.8`); `test` names the
+    statistical test where one applies (its alpha and sample size), in words. A comparison on a metric `m` that has
+    `m_ci_lo` and `m_ci_hi` among the metrics is decided on that interval: met or missed only when the whole interval
+    agrees, otherwise undecided (`underpowered`)."""
+    def __init__(self, holds: str, partly: str | None = None, test: str | None = None):
+        self.holds, self.partly, self.test = holds, partly, test
+        self._trees = {k: _parse_rule(e, f"{k} rule") for k, e in (("holds", holds), ("partly", partly)) if e is not None}
+
+    def metrics(self) -> list[str]:
+        "The metric names the rule reads."
+        return list(dict.fromkeys(n for t in self._trees.values() for n in _names(t)))
+
+    def __str__(self):
+        s = f"holds if {self.holds}" + (f"; partly if {self.partly}" if self.partly else "")
+        return s + (f"; test: {self.test}" if self.test else "")
+    __repr__ = __str__
+
+    def evaluate(self, metrics: dict) -> dict:
+        "{'holds': True/False/None, 'partly': ..., 'spans': [why undecided]}; a missing metric is refused by name."
+        out, spans = {}, []
+        for k, t in self._trees.items():
+            try: out[k] = _eval3(t, metrics, spans)
+            except KeyError as e:
+                raise KeyError(f"the rule '{self}' reads metric {e.args[0]!r}, which this run did not report: report it, "
+                               "or change the rule (and record the change in `amended`)") from None
+        return out | dict(spans=spans)
+
+
+# %% ../nbs/04_provenance.ipynb #c1a1d008
+def amendment(date: str, old: str, reason: str) -> dict:
+    "A recorded change of a claim's rule: when, the rule as it was (its text), and why it changed."
+    if not (date and old and reason): raise ValueError("an amendment needs its date, the old rule's text and the reason")
+    return dict(date=str(date), old=str(old), reason=str(reason))
+
+def _diagnosis(spec, what: str):
+    if spec is None: return None
+    kind, _, note = (spec.partition(":") if isinstance(spec, str) else (spec[0], ":", spec[1]))
+    kind, note = kind.strip(), note.strip()
+    if kind not in DIAGNOSES: raise ValueError(f"{what}: diagnosis {kind!r} is not one of {list(DIAGNOSES)}")
+    return kind, note
+
+class Claim:
+    "One declared claim: what it says, where it comes from, the metrics and rule that decide it, and what a negative would mean."
+    def __init__(self, id: str, kind: str, claim: str, paper: str = "-", holds: str | None = None, partly: str | None = None,
+                 test: str | None = None, measured: str | None = None, setting: str | None = None, requires=(),
+                 if_fails=None, construction: str | None = None, note: str | None = None, amended=()):
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", id or ""): raise ValueError(f"claim id {id!r}: use lower_case_with_underscores")
+        if kind not in KINDS: raise ValueError(f"claim {id!r}: kind {kind!r} is not one of {KINDS}")
+        if holds is None: raise ValueError(f"claim {id!r}: give its rule (holds=..., optionally partly=... and test=...)")
+        self.id, self.kind, self.claim, self.paper = id, kind, claim, str(paper)
+        self.rule = Rule(holds, partly, test)
+        self.measured, self.setting, self.requires, self.note = measured, setting, tuple(requires), note
+        self.if_fails = _diagnosis(if_fails, f"claim {id!r}") or (("deviation", "") if kind == "check" else None)
+        if self.if_fails is None:
+            raise ValueError(f"claim {id!r}: say what a negative verdict would mean: if_fails='scale: <what would show it>' "
+                             f"(one of {', '.join(k for k in DIAGNOSES if k not in ('power', 'precondition'))})")
+        self.construction = construction
+        self.amended = [amendment(**a) if isinstance(a, dict) else a for a in amended]
+
+    def declared(self) -> dict:
+        return dict(id=self.id, kind=self.kind, claim=self.claim, paper=self.paper, reads=", ".join(self.rule.metrics()),
+                    rule=str(self.rule), requires=", ".join(self.requires) or "-",
+                    if_fails=f"{self.if_fails[0]}" + (f": {self.if_fails[1]}" if self.if_fails[1] else ""))
+
+def _fmt(template: str | None, values: dict, what: str) -> str | None:
+    if template is None: return None
+    try: return template.format_map(values)
+    except (KeyError, ValueError, IndexError) as e:
+        raise ValueError(f"{what} {template!r} could not be filled from this run's values: {type(e).__name__} {e}") from None
+
+def _shown(names: list[str], m: dict) -> str:
+    "'name = value [lo, hi]' for each metric a rule reads (an interval bound is shown with its metric)."
+    base = [n[:-len(s)] if n.endswith(s) and n[:-len(s)] in m else n for n in names for s in [next((x for x in CI_SUFFIXES if n.endswith(x)), "")]]
+    return ", ".join(f"{n} = {_num(m[n])}" + (f" [{_num(m[n + CI_SUFFIXES[0]])}, {_num(m[n + CI_SUFFIXES[1]])}]"
+                                             if all(n + x in m for x in CI_SUFFIXES) else "") for n in dict.fromkeys(base))
+
+class Claims:
+    "The claims a section declares before its experiment, in order; `decide` gives each a verdict from the run's metrics."
+    def __init__(self, *claims: Claim, setting: str | None = None):
+        ids = [c.id for c in claims]
+        if dup := sorted({i for i in ids if ids.count(i) > 1}): raise ValueError(f"claim ids {dup} are declared twice")
+        for c in claims:
+            bad = [r for r in c.requires if r not in ids[:ids.index(c.id)]]
+            if bad: raise ValueError(f"claim {c.id!r} requires {bad}, which are not declared before it")
+            if bad := [r for r in c.requires if claims[ids.index(r)].kind != "precondition"]:
+                raise ValueError(f"claim {c.id!r} requires {bad}: only claims of kind 'precondition' can be required")
+        self.claims, self.setting = list(claims), setting
+
+    def __iter__(self): return iter(self.claims)
+    def __len__(self): return len(self.claims)
+    def __getitem__(self, id): return next(c for c in self.claims if c.id == id)
+
+    def decide(self, metrics: dict, values: dict | None = None, notes: dict | None = None, diagnoses: dict | None = None) -> list[dict]:
+        """Every claim's verdict, `why` and (when negative or by construction) `diagnosis`, from `metrics`.
+
+        `values`: extra values (not metrics: names, strings) the `measured`/`note`/`setting` templates may use; `notes`:
+        {id: sentence} computed by the run, appended to `why`; `diagnoses`: {id: 'kind: note'} replacing a declared
+        `if_fails` for this run (the reason goes into the results)."""
+        m = check_metrics(metrics); vals = {**(values or {}), **m}
+        for k in {**(notes or {}), **(diagnoses or {})}:
+            if k not in [c.id for c in self.claims]: raise ValueError(f"notes/diagnoses name {k!r}, which is not a declared claim")
+        out, by_id = [], {}
+        for c in self.claims:
+            ev = c.rule.evaluate(m)
+            failed_pre = [(r, by_id[r]["verdict"]) for r in c.requires if by_id[r]["verdict"] != "holds"]
+            shown = _shown(c.rule.metrics(), m)
+            if failed_pre:
+                v = "not tested"
+                why = ("not tested: its precondition " + ", ".join(f"{r} came out '{pv}'" for r, pv in failed_pre)
+                       + f" ({shown})")
+            elif ev["holds"] is True:
+                v, why = "holds", f"{shown}: the holds rule ({c.rule.holds}) is met"
+            elif ev["holds"] is None:
+                v = "underpowered"
+                why = f"{shown}: undecided, " + "; ".join(ev["spans"]) + (
+                    f" (the partly rule {'is met' if ev.get('partly') else 'is not met'})" if c.rule.partly else "")
+            elif c.rule.partly and ev.get("partly") is True:
+                v, why = "partly", f"{shown}: the partly rule ({c.rule.partly}) is met, the holds rule ({c.rule.holds}) is not"
+            elif c.rule.partly and ev.get("partly") is None:
+                v, why = "underpowered", f"{shown}: the holds rule is not met and the partly rule is undecided, " + "; ".join(ev["spans"])
+            else:
+                v = "does not hold"
+                why = f"{shown}: the holds rule ({c.rule.holds}) is not met" + (f", nor the partly rule ({c.rule.partly})" if c.rule.partly else "")
+            extra = _fmt(c.note, vals, f"claim {c.id!r}'s note")
+            why = why + "." + (f" {extra}" if extra else "") + (f" {notes[c.id]}" if notes and c.id in notes else "")
+            row = dict(id=c.id, kind=c.kind, claim=c.claim, paper=c.paper,
+                       measured=_fmt(c.measured, vals, f"claim {c.id!r}'s measured") or shown,
+                       setting=_fmt(c.setting or self.setting or "-", vals, f"claim {c.id!r}'s setting"),
+                       rule=str(c.rule), verdict=v, why=why)
+            diag = (("precondition", ", ".join(r for r, _ in failed_pre)) if v == "not tested" else
+                    ("power", "; ".join(ev["spans"])) if v == "underpowered" else
+                    _diagnosis(diagnoses[c.id], f"claim {c.id!r}") if diagnoses and c.id in diagnoses and v == "does not hold" else
+                    c.if_fails if v == "does not hold" else None)
+            if c.construction is not None and v not in ("not tested", "underpowered"): diag = ("construction", c.construction)
+            if diag: row |= dict(diagnosis=diag[0], diagnosis_note=diag[1])
+            if c.requires: row["requires"] = list(c.requires)
+            if c.amended: row["amended"] = c.amended
+            out.append(row); by_id[c.id] = row
+        return out
+
+    def table(self):
+        "The declaration as a table (rendered before the experiment)."
+        return ClaimsTable([c.declared() for c in self.claims], declared=True)
+    def _repr_html_(self): return self.table()._repr_html_()
+    def __repr__(self): return repr(self.table())
+
+def declare(*claims: Claim, setting: str | None = None) -> Claims:
+    "The claims a section tests, declared before its experiment (see `Claim` for the fields)."
+    return Claims(*claims, setting=setting)
+
+def validate_claims(claims: list[dict]) -> list[dict]:
+    "Decided claims as `Claims.decide` returns them, checked: every key, known kinds and verdicts, a diagnosis where negative."
+    need = ("id", "kind", "claim", "paper", "measured", "setting", "rule", "verdict", "why")
+    ids = []
+    for i, c in enumerate(claims):
+        if not isinstance(c, dict): raise TypeError(f"claim {i} is a {type(c).__name__}: pass the list `Claims.decide` returns")
+        if miss := [k for k in need if k not in c]: raise ValueError(f"claim {c.get('id', i)!r} lacks {miss}")
+        if c["kind"] not in KINDS: raise ValueError(f"claim {c['id']!r}: kind {c['kind']!r} is not one of {KINDS}")
+        if c["verdict"] not in VERDICTS: raise ValueError(f"claim {c['id']!r}: verdict {c['verdict']!r} is not one of {VERDICTS}")
+        if c["verdict"] in NEGATIVE and c.get("diagnosis") not in DIAGNOSES:
+            raise ValueError(f"claim {c['id']!r} is '{c['verdict']}' without a diagnosis from {list(DIAGNOSES)}")
+        ids.append(c["id"])
+    if dup := sorted({i for i in ids if ids.count(i) > 1}): raise ValueError(f"claim ids {dup} appear twice")
+    return [dict(c) for c in claims]
+
+def counts_as_evidence(c: dict) -> bool:
+    "Whether a decided claim is evidence about a paper: a paper claim that was tested and does not follow from definitions."
+    return c["kind"] == "paper" and c["verdict"] != "not tested" and c.get("diagnosis") != "construction"
+
+
+# %% ../nbs/04_provenance.ipynb #c1a1d00c
+VERDICT_COLOURS = {"holds": "#d5efd5", "partly": "#fdf0c2", "does not hold": "#f6d2d2", "underpowered": "#dbe5f4",
+                   "not tested": "#e6e6e6"}
+_DECLARED_COLS = [("id", "id"), ("kind", "kind"), ("claim", "claim"), ("paper", "the paper says"), ("rule", "decision rule"),
+                  ("requires", "requires"), ("if_fails", "a negative would mean")]
+_DECIDED_COLS = [("number", "#"), ("claim", "claim"), ("paper", "paper"), ("measured", "ours"), ("verdict", "verdict"),
+                 ("why", "why")]
+
+class ClaimsTable:
+    "Claims (declared or decided) as a table whose every cell is shown in full: HTML in a notebook, plain text elsewhere."
+    def __init__(self, rows: list[dict], declared: bool = False):
+        self.rows, self.declared = list(rows), declared
+
+    def _cols(self): return _DECLARED_COLS if self.declared else _DECIDED_COLS
+
+    def _cell(self, r, k):
+        v = r.get(k, "")
+        if k == "claim" and not self.declared:
+            return (f"{html.escape(str(v))}<br><span style='color:#666;font-size:85%'><code>{html.escape(r['id'])}</code> · "
+                    f"{html.escape(r['kind'])}" + (f" · requires {', '.join(map(html.escape, r['requires']))}" if r.get("requires") else "")
+                    + "</span>")
+        if k == "verdict":
+            d = r.get("diagnosis")
+            return (f"<b>{html.escape(str(v))}</b>" + (f"<br><span style='font-size:85%'>diagnosis: {html.escape(d)}</span>" if d else "")
+                    + (f"<br><span style='font-size:85%'>rule amended {html.escape(r['amended'][-1]['date'])}</span>" if r.get("amended") else ""))
+        if k == "why" and r.get("diagnosis_note"):
+            return f"{html.escape(str(v))}<br><i>{html.escape(r['diagnosis'])}: {html.escape(r['diagnosis_note'])}</i>"
+        if k == "rule": return f"<code style='white-space:normal'>{html.escape(str(v))}</code>"
+        return html.escape(str(v))
+
+    def _repr_html_(self):
+        cols = self._cols()
+        settings = sorted({str(r.get("setting")) for r in self.rows if r.get("setting")}) if not self.declared else []
+        cap = (f"<caption style='caption-side:top;text-align:left;padding:4px 0'><b>Setting:</b> {html.escape(settings[0])}</caption>"
+               if len(settings) == 1 else "")
+        head = "".join(f"<th style='text-align:left;vertical-align:bottom;padding:4px 6px'>{h}</th>" for _, h in cols)
+        body = []
+        for r in self.rows:
+            bg = VERDICT_COLOURS.get(r.get("verdict"), "transparent")
+            tds = "".join(f"<td style='text-align:left;vertical-align:top;white-space:normal;overflow-wrap:anywhere;padding:4px 6px'>"
+                          f"{self._cell(r, k)}</td>" for k, _ in cols)
+            body.append(f"<tr class='claim verdict-{str(r.get('verdict', 'declared')).replace(' ', '-')}' "
+                        f"style='background:{bg}'>{tds}</tr>")
+            if len(settings) > 1 and not self.declared:
+                body.append(f"<tr style='background:{bg}'><td></td><td colspan='{len(cols) - 1}' style='text-align:left;font-size:85%;"
+                            f"white-space:normal;padding:0 6px 4px'>setting: {html.escape(str(r.get('setting')))}</td></tr>")
+        kind = "claims-declared" if self.declared else "claims-decided"
+        return (f"<table class='claims-table {kind}' style='table-layout:auto;width:100%;border-collapse:collapse;font-size:90%'>"
+                f"{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+    def __repr__(self):
+        out = []
+        for r in self.rows:
+            head = f"[{r.get('number', r['id'])}] {r['claim']}"
+            if self.declared:
+                out.append(f"{head}\n    id {r['id']} ({r['kind']}); the paper: {r['paper']}\n    rule: {r['rule']}"
+                           f"\n    requires: {r['requires']}; a negative would mean: {r['if_fails']}")
+            else:
+                d = f" ({r['diagnosis']}: {r.get('diagnosis_note', '')})" if r.get("diagnosis") else ""
+                out.append(f"{head}\n    {r['kind']}; the paper: {r['paper']}; ours: {r['measured']}\n    verdict: {r['verdict']}{d}"
+                           f"\n    why: {r['why']}")
+        return "\n".join(out)
+
+def render(claims) -> ClaimsTable:
+    "A table of declared claims (`Claims`) or decided ones (the list `decide` returns / a results file's `claims`)."
+    return claims.table() if isinstance(claims, Claims) else ClaimsTable(claims)
 
 
 # %% ../nbs/04_provenance.ipynb #1562cebc
@@ -174,7 +493,6 @@ def run_overrides() -> dict:
 
 class Run:
     "Collects one notebook run's parameters, models, figures, metrics and claims; writes results/<notebook>.json."
-    claim = staticmethod(claim)
 
     def __init__(self, notebook: str, params: dict, profile: str = "paper", out_dir: str | Path | None = None,
                  device: str | None = None, seed: int | None = None):
@@ -226,11 +544,15 @@ class Run:
         self.figures.append(name)
         return paths
 
-    def finish(self, metrics: dict, claims: list[dict], tolerances: dict | None = None) -> Path:
-        """Validate and write results/<notebook>.json (atomically); returns its path.
+    def finish(self, metrics: dict, claims, tolerances: dict | None = None, values: dict | None = None,
+               notes: dict | None = None, diagnoses: dict | None = None) -> Path:
+        """Decide the declared `claims` (a `Claims`) from `metrics`, validate, and write results/<notebook>.json atomically.
 
-        `tolerances` maps metric names or glob patterns to how far each may move in a re-run (see *Tolerances*)."""
-        self.claims = [claim(**c) for c in claims]
+        `tolerances` maps metric names or glob patterns to how far each may move in a re-run (see *Tolerances*);
+        `values`, `notes`, `diagnoses` go to `Claims.decide`. Claims are numbered as on the scoreboard (`10.3`)."""
+        decided = claims.decide(metrics, values, notes, diagnoses) if isinstance(claims, Claims) else claims
+        prefix = re.match(r"\d+", self.notebook).group(0) if re.match(r"\d+", self.notebook) else self.notebook
+        self.claims = [dict(number=f"{prefix}.{i + 1}", **c) for i, c in enumerate(validate_claims(decided))]
         res = dict(params=self.params, provenance=self.provenance(), metrics=check_metrics(metrics),
                    tolerances=resolve_tolerances(metrics, tolerances), claims=self.claims, figures=self.figures)
         path = self.results_dir / f"{self.notebook}.json"
@@ -238,10 +560,9 @@ class Run:
         self.results_path = path
         return path
 
-    def claims_table(self):
-        "The claims as a DataFrame (the notebook's closing table)."
-        import pandas as pd
-        return pd.DataFrame(self.claims, columns=["claim", "paper", "measured", "setting", "verdict"])
+    def claims_table(self) -> ClaimsTable:
+        "The decided claims as the notebook's closing table (every cell in full, coloured by verdict)."
+        return ClaimsTable(self.claims)
 
 def _root_or_cwd() -> Path:
     try: return project_root()

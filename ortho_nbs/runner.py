@@ -218,11 +218,16 @@ def reproduce(profile: str = "paper", only: list[str] | None = None, out: str | 
     return summary
 
 # %% ../nbs/05_runner.ipynb #ac5a5019
+def _claims_by_id(results: dict) -> dict:
+    "A results file's claims by id (results written before claims had ids: by their text)."
+    return {str(c.get("id") or c.get("claim")): c for c in results.get("claims", [])}
+
 def compare_results(committed: dict, now: dict, notebook: str = "") -> dict:
     """One notebook's fresh results against its committed ones: {metrics, claims, params, failures}.
 
     `metrics`: a row per metric {notebook, metric, committed, now, tolerance, status}, status ok/drift/ignored/MISSING/NEW;
-    `claims`: a row per claim {notebook, claim, committed, now, status}, status ok/FLIP/MISSING/NEW (matched by the claim text);
+    `claims`: a row per claim {notebook, claim, committed, now, status, why[, rule]}, status ok/FLIP/MISSING/NEW, matched
+    by id (`rule`: 'RULE' when the rule changed unrecorded, 'amended' when its declaration records the change);
     `params`: the parameters (other than the runner's) that differ; `failures`: one line per reason to fail."""
     cm, nm = committed.get("metrics", {}), now.get("metrics", {})
     ct, nt = committed.get("tolerances", {}), now.get("tolerances", {})
@@ -235,14 +240,21 @@ def compare_results(committed: dict, now: dict, notebook: str = "") -> dict:
         rows.append(dict(notebook=notebook, metric=m, committed=a, now=b, tolerance=format_tolerance(tol), status=status))
         if status == "drift": failures.append(f"{notebook}: metric {m} is {b:.6g}, committed {a:.6g}: outside {format_tolerance(tol)}")
         if status == "MISSING": failures.append(f"{notebook}: metric {m} is committed ({a:.6g}) but no longer reported")
-    cc = {c["claim"]: c["verdict"] for c in committed.get("claims", [])}
-    nc = {c["claim"]: c["verdict"] for c in now.get("claims", [])}
     claims = []
+    cc, nc = _claims_by_id(committed), _claims_by_id(now)
     for k in list(cc) + [k for k in nc if k not in cc]:
         a, b = cc.get(k), nc.get(k)
-        status = "MISSING" if b is None else "NEW" if a is None else "ok" if a == b else "FLIP"
-        claims.append(dict(notebook=notebook, claim=k, committed=a, now=b, status=status))
-        if status == "FLIP": failures.append(f"{notebook}: verdict flipped from {a!r} to {b!r}: {k}")
+        status = "MISSING" if b is None else "NEW" if a is None else "FLIP" if a["verdict"] != b["verdict"] else "ok"
+        row = dict(notebook=notebook, claim=k, committed=a and a["verdict"], now=b and b["verdict"], status=status,
+                   why=(b or a).get("why", ""))
+        if a and b and a.get("rule") != b.get("rule"):   # a changed rule is drift of its own kind, unless it is recorded
+            recorded = any(x.get("old") == a.get("rule") for x in b.get("amended", []))
+            row["rule"] = "amended" if recorded else "RULE"
+            if not recorded:
+                failures.append(f"{notebook}: the rule of claim {k} changed from {a.get('rule')!r} to {b.get('rule')!r} without a "
+                                "record: add amended=[amendment(date, old, reason)] to its declaration, or restore the rule")
+        claims.append(row)
+        if status == "FLIP": failures.append(f"{notebook}: verdict of {k} flipped from {a['verdict']!r} to {b['verdict']!r}: {b.get('why', '')}")
         if status == "MISSING": failures.append(f"{notebook}: claim no longer made: {k}")
     pc, pn = committed.get("params", {}), now.get("params", {})
     params = [dict(notebook=notebook, param=k, committed=pc.get(k), now=pn.get(k))
@@ -275,9 +287,14 @@ def format_check(report: dict) -> str:
     if report["metrics"]:
         t = pd.DataFrame(report["metrics"]).assign(committed=lambda d: d.committed.map(num), now=lambda d: d.now.map(num))
         lines += [t.to_string(index=False), ""]
-    moved = [c for c in report["claims"] if c["status"] != "ok"]
+    moved = [c | dict(rule=c.get("rule", "")) for c in report["claims"] if c["status"] != "ok" or c.get("rule")]
     n_ok = sum(c["status"] == "ok" for c in report["claims"])
-    if moved: lines += ["claims:", pd.DataFrame(moved)[["notebook", "status", "committed", "now", "claim"]].to_string(index=False), ""]
+    if moved:
+        lines.append("claims whose verdict or rule changed:")
+        for c in moved:
+            lines.append(f"  {c['notebook']} {c['claim']}: {c['status']}{' ' + c['rule'] if c['rule'] else ''} "
+                         f"({c['committed']} -> {c['now']}); {c['why']}")
+        lines.append("")
     count = lambda st: sum(r["status"] == st for r in report["metrics"])
     lines.append(f"{len(report['metrics'])} metrics: {count('ok')} ok, {count('drift')} drift, {count('MISSING')} missing, "
                  f"{count('NEW')} new, {count('ignored')} ignored; {len(report['claims'])} claims: {n_ok} with the same verdict")
