@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_provenance.ipynb #d7ea10cd
 from __future__ import annotations
-import ast, builtins, html, json, math, os, platform, re, resource, subprocess, sys, time
+import ast, builtins, html, json, math, os, platform, re, resource, subprocess, sys, sysconfig, time
 from fnmatch import fnmatchcase
 from importlib import metadata
 from pathlib import Path
@@ -13,9 +13,9 @@ import torch
 # %% auto #0
 __all__ = ['PACKAGES', 'KINDS', 'VERDICTS', 'NEGATIVE', 'DIAGNOSES', 'CI_SUFFIXES', 'VERDICT_COLOURS', 'DEFAULT_REL',
            'OVERRIDES_ENV', 'project_root', 'git_commit', 'package_versions', 'cpu_model', 'peak_memory_mb',
-           'parameters_cell', 'check_metrics', 'Rule', 'amendment', 'Claim', 'Claims', 'declare', 'validate_claims',
-           'counts_as_evidence', 'ClaimsTable', 'render', 'tolerance', 'default_tolerance', 'resolve_tolerances',
-           'within', 'format_tolerance', 'run_overrides', 'Run']
+           'parameters_cell', 'portable_path', 'portable', 'check_metrics', 'Rule', 'ClaimsTable', 'render',
+           'amendment', 'Claim', 'Claims', 'declare', 'validate_claims', 'counts_as_evidence', 'tolerance',
+           'default_tolerance', 'resolve_tolerances', 'within', 'format_tolerance', 'run_overrides', 'Run']
 
 # %% ../nbs/04_provenance.ipynb #7d005324
 PACKAGES = ("torch", "transformers", "gguf", "safetensors", "numpy", "pandas", "matplotlib", "papermill", "nbdev", "ortho-nbs")
@@ -73,6 +73,34 @@ def parameters_cell(path: str | Path) -> dict:
             try: out[node.targets[0].id] = ast.literal_eval(node.value)
             except ValueError: out[node.targets[0].id] = None
     return out
+
+# %% ../nbs/04_provenance.ipynb #c1a1d0a2
+def portable_path(p, root: str | Path | None = None) -> str:
+    """A path as it may be written into a results file: relative to the checkout, `<site-packages>/...`, `~/...`, or, for
+    anything else, its last two parts after `.../`; never an absolute path of the machine that ran it."""
+    s = str(p)
+    if not os.path.isabs(s): return s
+    path = Path(s)
+    try: root = Path(root) if root else project_root()
+    except FileNotFoundError: root = None
+    bases = [(sysconfig.get_paths()["purelib"], "<site-packages>"), (str(Path.home()), "~")]
+    if root is not None: bases.insert(1, (str(root), "."))     # after site-packages: a virtual environment may sit in the checkout
+    for base, label in bases:
+        try: rel = path.relative_to(Path(base).resolve() if Path(base).exists() else base)
+        except ValueError:
+            try: rel = path.relative_to(base)
+            except ValueError: continue
+        return label if not rel.parts else f"{label}/{rel.as_posix()}" if label != "." else rel.as_posix()
+    return ".../" + "/".join(path.parts[-2:])
+
+def portable(obj, root: str | Path | None = None):
+    "`obj` (dicts, lists, strings) with every absolute path replaced by `portable_path`."
+    if isinstance(obj, dict): return {k: portable(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)): return [portable(v, root) for v in obj]
+    if isinstance(obj, Path) or (isinstance(obj, str) and obj.startswith("/") and "\n" not in obj and len(obj) < 4096):
+        return portable_path(obj, root)
+    return obj
+
 
 # %% ../nbs/04_provenance.ipynb #91f0bd55
 def check_metrics(metrics: dict) -> dict:
@@ -205,6 +233,74 @@ class Rule:
                 raise KeyError(f"the rule '{self}' reads metric {e.args[0]!r}, which this run did not report: report it, "
                                "or change the rule (and record the change in `amended`)") from None
         return out | dict(spans=spans)
+
+
+# %% ../nbs/04_provenance.ipynb #c1a1d00c
+VERDICT_COLOURS = {"holds": "#d5efd5", "partly": "#fdf0c2", "does not hold": "#f6d2d2", "underpowered": "#dbe5f4",
+                   "not tested": "#e6e6e6"}
+_DECLARED_COLS = [("id", "id"), ("kind", "kind"), ("claim", "claim"), ("paper", "the paper says"), ("rule", "decision rule"),
+                  ("requires", "requires"), ("if_fails", "a negative would mean")]
+_DECIDED_COLS = [("number", "#"), ("claim", "claim"), ("paper", "paper"), ("measured", "ours"), ("verdict", "verdict"),
+                 ("why", "why")]
+
+class ClaimsTable:
+    "Claims (declared or decided) as a table whose every cell is shown in full: HTML in a notebook, plain text elsewhere."
+    def __init__(self, rows: list[dict], declared: bool = False):
+        self.rows, self.declared = list(rows), declared
+
+    def _cols(self): return _DECLARED_COLS if self.declared else _DECIDED_COLS
+
+    def _cell(self, r, k):
+        v = r.get(k, "")
+        if k == "claim" and not self.declared:
+            return (f"{html.escape(str(v))}<br><span style='color:#666;font-size:85%'><code>{html.escape(r['id'])}</code> · "
+                    f"{html.escape(r['kind'])}" + (f" · requires {', '.join(map(html.escape, r['requires']))}" if r.get("requires") else "")
+                    + "</span>")
+        if k == "verdict":
+            d = r.get("diagnosis")
+            return (f"<b>{html.escape(str(v))}</b>" + (f"<br><span style='font-size:85%'>diagnosis: {html.escape(d)}</span>" if d else "")
+                    + (f"<br><span style='font-size:85%'>rule amended {html.escape(r['amended'][-1]['date'])}</span>" if r.get("amended") else ""))
+        if k == "why" and r.get("diagnosis_note"):
+            return f"{html.escape(str(v))}<br><i>{html.escape(r['diagnosis'])}: {html.escape(r['diagnosis_note'])}</i>"
+        if k == "rule": return f"<code style='white-space:normal'>{html.escape(str(v))}</code>"
+        return html.escape(str(v))
+
+    def _repr_html_(self):
+        cols = self._cols()
+        settings = sorted({str(r.get("setting")) for r in self.rows if r.get("setting")}) if not self.declared else []
+        cap = (f"<caption style='caption-side:top;text-align:left;padding:4px 0'><b>Setting:</b> {html.escape(settings[0])}</caption>"
+               if len(settings) == 1 else "")
+        head = "".join(f"<th style='text-align:left;vertical-align:bottom;padding:4px 6px'>{h}</th>" for _, h in cols)
+        body = []
+        for r in self.rows:
+            bg = VERDICT_COLOURS.get(r.get("verdict"), "transparent")
+            tds = "".join(f"<td style='text-align:left;vertical-align:top;white-space:normal;overflow-wrap:anywhere;padding:4px 6px'>"
+                          f"{self._cell(r, k)}</td>" for k, _ in cols)
+            body.append(f"<tr class='claim verdict-{str(r.get('verdict', 'declared')).replace(' ', '-')}' "
+                        f"style='background:{bg}'>{tds}</tr>")
+            if len(settings) > 1 and not self.declared:
+                body.append(f"<tr style='background:{bg}'><td></td><td colspan='{len(cols) - 1}' style='text-align:left;font-size:85%;"
+                            f"white-space:normal;padding:0 6px 4px'>setting: {html.escape(str(r.get('setting')))}</td></tr>")
+        kind = "claims-declared" if self.declared else "claims-decided"
+        return (f"<table class='claims-table {kind}' style='table-layout:auto;width:100%;border-collapse:collapse;font-size:90%'>"
+                f"{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+    def __repr__(self):
+        out = []
+        for r in self.rows:
+            head = f"[{r.get('number', r['id'])}] {r['claim']}"
+            if self.declared:
+                out.append(f"{head}\n    id {r['id']} ({r['kind']}); the paper: {r['paper']}\n    rule: {r['rule']}"
+                           f"\n    requires: {r['requires']}; a negative would mean: {r['if_fails']}")
+            else:
+                d = f" ({r['diagnosis']}: {r.get('diagnosis_note', '')})" if r.get("diagnosis") else ""
+                out.append(f"{head}\n    {r['kind']}; the paper: {r['paper']}; ours: {r['measured']}\n    verdict: {r['verdict']}{d}"
+                           f"\n    why: {r['why']}")
+        return "\n".join(out)
+
+def render(claims) -> ClaimsTable:
+    "A table of declared claims (`Claims`) or decided ones (the list `decide` returns / a results file's `claims`)."
+    return claims.table() if isinstance(claims, Claims) else ClaimsTable(claims)
 
 
 # %% ../nbs/04_provenance.ipynb #c1a1d008
@@ -349,74 +445,6 @@ def counts_as_evidence(c: dict) -> bool:
     return c["kind"] == "paper" and c["verdict"] != "not tested" and c.get("diagnosis") != "construction"
 
 
-# %% ../nbs/04_provenance.ipynb #c1a1d00c
-VERDICT_COLOURS = {"holds": "#d5efd5", "partly": "#fdf0c2", "does not hold": "#f6d2d2", "underpowered": "#dbe5f4",
-                   "not tested": "#e6e6e6"}
-_DECLARED_COLS = [("id", "id"), ("kind", "kind"), ("claim", "claim"), ("paper", "the paper says"), ("rule", "decision rule"),
-                  ("requires", "requires"), ("if_fails", "a negative would mean")]
-_DECIDED_COLS = [("number", "#"), ("claim", "claim"), ("paper", "paper"), ("measured", "ours"), ("verdict", "verdict"),
-                 ("why", "why")]
-
-class ClaimsTable:
-    "Claims (declared or decided) as a table whose every cell is shown in full: HTML in a notebook, plain text elsewhere."
-    def __init__(self, rows: list[dict], declared: bool = False):
-        self.rows, self.declared = list(rows), declared
-
-    def _cols(self): return _DECLARED_COLS if self.declared else _DECIDED_COLS
-
-    def _cell(self, r, k):
-        v = r.get(k, "")
-        if k == "claim" and not self.declared:
-            return (f"{html.escape(str(v))}<br><span style='color:#666;font-size:85%'><code>{html.escape(r['id'])}</code> · "
-                    f"{html.escape(r['kind'])}" + (f" · requires {', '.join(map(html.escape, r['requires']))}" if r.get("requires") else "")
-                    + "</span>")
-        if k == "verdict":
-            d = r.get("diagnosis")
-            return (f"<b>{html.escape(str(v))}</b>" + (f"<br><span style='font-size:85%'>diagnosis: {html.escape(d)}</span>" if d else "")
-                    + (f"<br><span style='font-size:85%'>rule amended {html.escape(r['amended'][-1]['date'])}</span>" if r.get("amended") else ""))
-        if k == "why" and r.get("diagnosis_note"):
-            return f"{html.escape(str(v))}<br><i>{html.escape(r['diagnosis'])}: {html.escape(r['diagnosis_note'])}</i>"
-        if k == "rule": return f"<code style='white-space:normal'>{html.escape(str(v))}</code>"
-        return html.escape(str(v))
-
-    def _repr_html_(self):
-        cols = self._cols()
-        settings = sorted({str(r.get("setting")) for r in self.rows if r.get("setting")}) if not self.declared else []
-        cap = (f"<caption style='caption-side:top;text-align:left;padding:4px 0'><b>Setting:</b> {html.escape(settings[0])}</caption>"
-               if len(settings) == 1 else "")
-        head = "".join(f"<th style='text-align:left;vertical-align:bottom;padding:4px 6px'>{h}</th>" for _, h in cols)
-        body = []
-        for r in self.rows:
-            bg = VERDICT_COLOURS.get(r.get("verdict"), "transparent")
-            tds = "".join(f"<td style='text-align:left;vertical-align:top;white-space:normal;overflow-wrap:anywhere;padding:4px 6px'>"
-                          f"{self._cell(r, k)}</td>" for k, _ in cols)
-            body.append(f"<tr class='claim verdict-{str(r.get('verdict', 'declared')).replace(' ', '-')}' "
-                        f"style='background:{bg}'>{tds}</tr>")
-            if len(settings) > 1 and not self.declared:
-                body.append(f"<tr style='background:{bg}'><td></td><td colspan='{len(cols) - 1}' style='text-align:left;font-size:85%;"
-                            f"white-space:normal;padding:0 6px 4px'>setting: {html.escape(str(r.get('setting')))}</td></tr>")
-        kind = "claims-declared" if self.declared else "claims-decided"
-        return (f"<table class='claims-table {kind}' style='table-layout:auto;width:100%;border-collapse:collapse;font-size:90%'>"
-                f"{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
-
-    def __repr__(self):
-        out = []
-        for r in self.rows:
-            head = f"[{r.get('number', r['id'])}] {r['claim']}"
-            if self.declared:
-                out.append(f"{head}\n    id {r['id']} ({r['kind']}); the paper: {r['paper']}\n    rule: {r['rule']}"
-                           f"\n    requires: {r['requires']}; a negative would mean: {r['if_fails']}")
-            else:
-                d = f" ({r['diagnosis']}: {r.get('diagnosis_note', '')})" if r.get("diagnosis") else ""
-                out.append(f"{head}\n    {r['kind']}; the paper: {r['paper']}; ours: {r['measured']}\n    verdict: {r['verdict']}{d}"
-                           f"\n    why: {r['why']}")
-        return "\n".join(out)
-
-def render(claims) -> ClaimsTable:
-    "A table of declared claims (`Claims`) or decided ones (the list `decide` returns / a results file's `claims`)."
-    return claims.table() if isinstance(claims, Claims) else ClaimsTable(claims)
-
-
 # %% ../nbs/04_provenance.ipynb #1562cebc
 DEFAULT_REL = 1e-4   # the relative tolerance of a float metric a notebook declares nothing for (ints and bools: exact)
 
@@ -522,8 +550,8 @@ class Run:
         return model
 
     def provenance(self) -> dict:
-        return dict(notebook=self.notebook, profile=self.profile, overrides=self.overrides, git_commit=git_commit(_root_or_cwd()),
-                    packages=package_versions(), models=self.models, seed=self.seed, device=self.device,
+        return dict(notebook=self.notebook, profile=self.profile, overrides=portable(self.overrides), git_commit=git_commit(_root_or_cwd()),
+                    packages=package_versions(), models=portable(self.models), seed=self.seed, device=self.device,
                     torch_threads=torch.get_num_threads(), cpu=cpu_model(), platform=platform.platform(), started=self.started,
                     finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), duration_s=round(time.perf_counter() - self.t0, 2),
                     peak_memory_mb=round(peak_memory_mb(), 1))
@@ -540,7 +568,7 @@ class Run:
             p = self.figures_dir / f"{name}.{fmt}"
             fig.savefig(p, dpi=130, bbox_inches="tight", metadata={"Creator": "ortho-nbs"} if fmt in ("png", "svg") else None)
             paths.append(p)
-        _atomic_write(self.figures_dir / f"{name}.json", json.dumps(dict(figure=name, params=self.params, provenance=prov), indent=1, default=str))
+        _atomic_write(self.figures_dir / f"{name}.json", json.dumps(dict(figure=name, params=portable(self.params), provenance=prov), indent=1, default=str))
         self.figures.append(name)
         return paths
 
@@ -553,7 +581,7 @@ class Run:
         decided = claims.decide(metrics, values, notes, diagnoses) if isinstance(claims, Claims) else claims
         prefix = re.match(r"\d+", self.notebook).group(0) if re.match(r"\d+", self.notebook) else self.notebook
         self.claims = [dict(number=f"{prefix}.{i + 1}", **c) for i, c in enumerate(validate_claims(decided))]
-        res = dict(params=self.params, provenance=self.provenance(), metrics=check_metrics(metrics),
+        res = dict(params=portable(self.params), provenance=self.provenance(), metrics=check_metrics(metrics),
                    tolerances=resolve_tolerances(metrics, tolerances), claims=self.claims, figures=self.figures)
         path = self.results_dir / f"{self.notebook}.json"
         _atomic_write(path, json.dumps(res, indent=1, default=str))

@@ -8,12 +8,12 @@ import argparse, ast, configparser, json, re, shutil, sys, time
 from pathlib import Path
 import os
 from .provenance import (project_root, parameters_cell, git_commit, OVERRIDES_ENV, DEFAULT_REL, tolerance,
-                                   within, format_tolerance)
+                                   within, format_tolerance, portable, _atomic_write)
 
 # %% auto #0
-__all__ = ['RUN_PARAMS', 'notebooks', 'load_profiles', 'notebook_parameters', 'parse_overrides', 'resolve_overrides', 'plan',
-           'NotebookFailed', 'reproduce', 'compare_results', 'check_results', 'format_check', 'writes_results',
-           'reproduce_check', 'main']
+__all__ = ['RUN_PARAMS', 'EXAMPLES', 'notebooks', 'load_profiles', 'notebook_parameters', 'parse_overrides', 'resolve_overrides',
+           'plan', 'NotebookFailed', 'claims_summary', 'reproduce', 'compare_results', 'check_results', 'format_check',
+           'writes_results', 'reproduce_check', 'main']
 
 # %% ../nbs/05_runner.ipynb #f978290c
 RUN_PARAMS = ("profile", "out_dir")   # injected by the runner into every notebook
@@ -71,6 +71,10 @@ def parse_overrides(items: list[list[str]] | list[str] | None) -> dict:
         out[key] = _literal(item[1])
     return out
 
+def _a(noun: str) -> str:
+    "The noun with its indefinite article: 'an int', 'a float'."
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
+
 def _check_type(where: str, default, value):
     "Refuse a value that cannot stand in for the parameter's default (None, and any value for a None default, pass)."
     if value is None or default is None: return
@@ -81,8 +85,8 @@ def _check_type(where: str, default, value):
           isinstance(value, (list, tuple)) if isinstance(default, (list, tuple)) else isinstance(value, type(default)))
     if not ok:
         hint = ("; quote a string for the shell and for Python: -p NAME \"'text'\"" if isinstance(default, str) else
-                "" if isinstance(value, str) else f"; got a {type(value).__name__}")
-        raise ValueError(f"-p {where} {value!r}: the notebook's default is {default!r}, a {type(default).__name__}{hint}")
+                "" if isinstance(value, str) else f"; got {_a(type(value).__name__)}")
+        raise ValueError(f"-p {where} {value!r}: the notebook's default is {default!r}, {_a(type(default).__name__)}{hint}")
 
 def resolve_overrides(selected: list[Path], overrides: dict | None, all_nbs: list[Path] | None = None) -> dict[str, dict]:
     "{notebook stem: {name: value}} for the `selected` notebooks; refuses unknown notebooks and names, and mistyped values."
@@ -164,14 +168,29 @@ def _publish_summary(summary: dict, path: Path, partial: bool):
         kept = [n for n in old["notebooks"] if n["notebook"] not in rerun]
         summary = summary | dict(notebooks=sorted(kept + summary["notebooks"], key=lambda n: n["notebook"]))
         summary["total_s"] = round(sum(n["seconds"] for n in summary["notebooks"]), 1)
-    path.write_text(json.dumps(summary, indent=1))
+    _atomic_write(path, json.dumps(portable(summary, path.parent.parent), indent=1))   # committed: no absolute paths
+
+def _kernel_manager(kernel: str):
+    "A kernel manager on local IPC sockets (no TCP ports, no transport warning) in a folder of its own; (manager, folder)."
+    import tempfile
+    from jupyter_client.manager import KernelManager
+    d = tempfile.mkdtemp(prefix="ortho-nbs-kernel-")
+    return KernelManager(kernel_name=kernel, transport="ipc", ip=os.path.join(d, "kernel")), d
+
+def claims_summary(results: dict) -> str:
+    "A results file's claims as a few lines for the terminal: number, verdict (and diagnosis), id, kind."
+    rows = [f"    {c.get('number', ''):>6}  {c['verdict']:<14}{(' [' + c['diagnosis'] + ']') if c.get('diagnosis') else '':<15} "
+            f"{c.get('id', c.get('claim', ''))} ({c.get('kind', '?')})" for c in results.get("claims", [])]
+    return "\n".join(rows)
 
 def reproduce(profile: str = "paper", only: list[str] | None = None, out: str | Path | None = None,
               root: str | Path | None = None, publish: bool | None = None, kernel: str = "python3",
-              overrides: dict | None = None) -> dict:
+              overrides: dict | None = None, progress_s: float = 10) -> dict:
     """Run the notebooks of `profile` in order; returns the run summary (also written to <run folder>/summary.json).
 
-    `overrides` maps 'NAME' or 'NOTEBOOK.NAME' to a value (as `-p`); by default a run with overrides does not publish."""
+    `overrides` maps 'NAME' or 'NOTEBOOK.NAME' to a value (as `-p`); by default a run with overrides does not publish.
+    A running notebook shows its cells done and the time so far (at most every `progress_s` seconds; 0: quiet); each
+    finished notebook prints its claims and verdicts."""
     import papermill as pm
     root = project_root(root)
     steps = plan(profile, only, root, overrides)    # every check before any work
@@ -195,12 +214,17 @@ def reproduce(profile: str = "paper", only: list[str] | None = None, out: str | 
             os.environ[OVERRIDES_ENV] = json.dumps(ov.get(nb.stem, {}), default=repr)   # Run records it in the provenance
             print(f"[ortho-nbs] {profile}: {nb.name} {params}", flush=True)
             t0 = time.perf_counter()
+            km, ipc = _kernel_manager(kernel)
             try:
-                pm.execute_notebook(str(nb), str(executed), parameters=params, cwd=str(nb.parent), kernel_name=kernel,
-                                    progress_bar=False, log_output=False, report_mode=False)
+                pm.execute_notebook(str(nb), str(executed), parameters=params, cwd=str(nb.parent), kernel_name=kernel, km=km,
+                                    progress_bar=dict(desc=f"[ortho-nbs] {nb.stem}", mininterval=progress_s, file=sys.stdout) if progress_s else False,
+                                    log_output=False, report_mode=False)
             except pm.PapermillExecutionError as e:
                 raise NotebookFailed(f"{nb.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "
                                      f"{e.ename}: {e.evalue}\nexecuted copy with the traceback: {executed}") from None
+            finally:
+                if km.has_kernel: km.shutdown_kernel(now=True)
+                shutil.rmtree(ipc, ignore_errors=True)
             secs = time.perf_counter() - t0
             res = data_dir / "results" / f"{nb.stem}.json"
             rec = dict(notebook=nb.stem, seconds=round(secs, 1), executed=str(executed), results=str(res) if res.exists() else None)
@@ -209,6 +233,7 @@ def reproduce(profile: str = "paper", only: list[str] | None = None, out: str | 
             summary["notebooks"].append(rec)
             if publish: _publish(executed, nb, ov.get(nb.stem))
             print(f"[ortho-nbs] {nb.name} done in {secs:.0f} s", flush=True)
+            if res.exists(): print(claims_summary(json.loads(res.read_text())), flush=True)
     finally:
         if env_before is None: os.environ.pop(OVERRIDES_ENV, None)
         else: os.environ[OVERRIDES_ENV] = env_before
@@ -341,11 +366,40 @@ def reproduce_check(profile: str = "paper", only: list[str] | None = None, out: 
     return report
 
 # %% ../nbs/05_runner.ipynb #e201308d
+EXAMPLES = """examples:
+  ortho-nbs list --params                                    profiles, notebooks, their parameters
+  ortho-nbs reproduce                                        the whole paper profile, into results/ and figures/
+  ortho-nbs reproduce --only 10_ablation                     one section, paper profile
+  ortho-nbs reproduce --profile smoke --out /tmp/r           every notebook, CI-sized, into a scratch folder
+  ortho-nbs reproduce --only 10 -p window_start 0.6          one parameter changed (into runs/)
+  ortho-nbs reproduce --check --only 21_spectra              re-run and compare with the committed results
+  ortho-nbs reproduce --only 10 -p model_name path/to/hf-model   a section on your own model
+"""
+
+def _n(k: int, noun: str) -> str:
+    "'1 notebook', '3 notebooks'."
+    return f"{k} {noun}{'' if k == 1 else 's'}"
+
+def _title(path: Path) -> str:
+    "A notebook's title: its first '# ' heading."
+    for c in json.loads(Path(path).read_text())["cells"]:
+        if c["cell_type"] == "markdown":
+            for line in "".join(c["source"]).splitlines():
+                if line.startswith("# "): return line[2:].strip()
+    return ""
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `ortho-nbs` command."
-    ap = argparse.ArgumentParser(prog="ortho-nbs", description="Reproduce the ortho-nbs paper sections.")
+    ap = argparse.ArgumentParser(prog="ortho-nbs", description="Reproduce the ortho-nbs paper sections: run the notebooks of nbs/ "
+                                 "with a profile of settings.ini, write results, figures and claims tables, and check a re-run "
+                                 "against the committed numbers.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("reproduce", help="execute the notebooks with a profile's parameters")
+    r = sub.add_parser("reproduce", help="execute the notebooks with a profile's parameters", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Execute the notebooks in order with papermill, each in a fresh kernel, with the profile's "
+                                   "parameters and any -p overrides. The paper profile without overrides writes results/, "
+                                   "figures/ and the executed notebooks into the repository; anything else writes into a run "
+                                   "folder. Every profile, notebook and parameter is checked before any work.")
     r.add_argument("--profile", default="paper", help="a section of settings.ini (default: paper)")
     r.add_argument("--only", action="append", help="a notebook (stem, number or name); repeatable")
     r.add_argument("-p", "--param", action="append", nargs="+", metavar=("[NOTEBOOK.]NAME", "VALUE"), default=[],
@@ -361,14 +415,20 @@ def main(argv: list[str] | None = None) -> int:
                         "verdict with the committed results under the notebooks' tolerances; exit code 1 when one drifts or flips")
     r.add_argument("--baseline", metavar="DIR", help="with --check: the committed results to compare with "
                    "(default: results/ for the paper profile, tests/baselines/<profile>/ for another)")
-    ls = sub.add_parser("list", help="show profiles and notebooks")
+    ls = sub.add_parser("list", help="show profiles and notebooks (titles, last paper-profile run time)")
     ls.add_argument("--root"); ls.add_argument("--params", action="store_true", help="also each notebook's parameters")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "list":
-            for name, conf in load_profiles(a.root).items(): print(f"profile {name}: {sum(len(v) for v in conf.values())} settings")
+            for name, conf in load_profiles(a.root).items(): print(f"profile {name}: {_n(sum(len(v) for v in conf.values()), 'setting')}")
+            root = project_root(a.root)
             for p in notebooks(a.root):
-                print(f"notebook {p.stem}")
+                res = root / "results" / f"{p.stem}.json"
+                last = ""
+                if res.exists():
+                    try: prov = json.loads(res.read_text())["provenance"]; last = f"  [last paper run {float(prov['duration_s']) / 60:.1f} min, {prov['finished'][:10]}]"
+                    except (ValueError, KeyError, TypeError): last = "  [results file unreadable]"
+                print(f"notebook {p.stem}: {_title(p)}{last}")
                 if a.params:
                     for k, v in notebook_parameters(p).items():
                         if k not in RUN_PARAMS: print(f"    {k} = {v!r}")
@@ -383,6 +443,6 @@ def main(argv: list[str] | None = None) -> int:
         s = reproduce(a.profile, a.only, a.out, a.root, a.publish, overrides=parse_overrides(a.param))
     except (ValueError, FileNotFoundError, NotebookFailed) as e:
         print(f"ortho-nbs: {e}", file=sys.stderr); return 2
-    print(f"[ortho-nbs] {len(s['notebooks'])} notebooks in {s['total_s']:.0f} s; results in {s['results_dir']}, "
+    print(f"[ortho-nbs] {_n(len(s['notebooks']), 'notebook')} in {s['total_s']:.0f} s; results in {s['results_dir']}, "
           f"figures in {s['figures_dir']}, run record {s['run_dir']}/summary.json")
     return 0

@@ -31,9 +31,9 @@ DEFAULT_OUT = ROOT / "_site"
 NAV_GROUPS = [
     ("Results", ["scoreboard"]),
     ("Foundations", sorted(p.stem for p in (ROOT / "nbs").glob("0[0-9]_*.ipynb"))),   # every plumbing notebook, in order
-    ("Paper 1: targeted ablation", ["10_ablation"]),
-    ("Paper 2: LibOrtho v2.0", ["20_kfac", "21_spectra", "30_ogd", "31_lmc"]),
-    ("Paper 3: representation transfer", ["40_transfer"]),
+    ("Paper 1: targeted ablation", ["papers/1_targeted_ablation", "10_ablation"]),
+    ("Paper 2: LibOrtho v2.0", ["papers/2_libortho", "20_kfac", "21_spectra", "30_ogd", "31_lmc"]),
+    ("Paper 3: representation transfer", ["papers/3_representation_transfer", "40_transfer"]),
 ]
 LAST = ["cli"]   # plumbing: kept, but at the end of the navigation
 PAPERS = {"1": "Non-gradient targeted ablation", "2": "LibOrtho v2.0", "3": "Linear Representation Transferability"}
@@ -41,15 +41,42 @@ PAPERS = {"1": "Non-gradient targeted ablation", "2": "LibOrtho v2.0", "3": "Lin
 MAX_TEXT_LINES = 60      # a text output longer than this is shortened to its head and tail on the page
 KEEP_HEAD, KEEP_TAIL = 40, 10
 
-VERDICTS = [("holds", "holds"), ("partly", "partly"), ("does-not-hold", "does not hold"), ("other", "other")]
+# verdict slug (CSS class) and label; "other" catches anything a results file of an older schema says
+VERDICTS = [("holds", "holds"), ("partly", "partly"), ("does-not-hold", "does not hold"), ("underpowered", "underpowered"),
+            ("not-tested", "not tested"), ("other", "other")]
+KIND_GROUPS = [("precondition", "Preconditions", "what must hold for a paper claim to be decidable"),
+               ("control", "Controls", "comparisons that show an effect is the method's"),
+               ("extension", "Extensions", "ours, not in the papers"),
+               ("check", "Checks", "tooling and method checks: loading, timing, exactness on small cases")]
+# the figure each section page shows at the top, beside its verdicts (else the last figure its results list)
+HEADLINE = {"10_ablation": "10_pareto", "20_kfac": "20_curvature_prediction", "21_spectra": "21_hessian_density",
+            "30_ogd": "30_tradeoff", "31_lmc": "31_lmc", "40_transfer": "40_retention"}
+SAVEFIG = re.compile(r"savefig\(\s*[\w.]+\s*,\s*[\"']([^\"']+)[\"']")
+FOLD_CHARS = 160         # a scoreboard cell longer than this is folded (its first words, then the rest on a click)
 
 
 def verdict_class(v: str) -> str:
     v = (v or "").strip().lower()
-    if v == "holds": return "holds"
-    if v == "partly": return "partly"
+    if v in ("holds", "partly", "underpowered"): return v
     if v.startswith("does not hold"): return "does-not-hold"
+    if v == "not tested": return "not-tested"
     return "other"
+
+
+def claim_kind(c: dict) -> str:
+    "A claim's kind (results written before claims had kinds count as paper claims)."
+    return str(c.get("kind") or "paper")
+
+
+def is_evidence(c: dict) -> bool:
+    "A paper claim that was tested and does not hold by construction: what the headline counts."
+    return claim_kind(c) == "paper" and verdict_class(c.get("verdict", "")) != "not-tested" and c.get("diagnosis") != "construction"
+
+
+def claim_row_id(nb: str, c: dict) -> str:
+    "The HTML id of a claim's scoreboard row."
+    from docutils.nodes import make_id
+    return make_id(f"claim-{nb}-{c.get('id') or c.get('number') or c.get('claim', '')[:40]}")
 
 
 def claims_anchor(nb: str) -> str:
@@ -155,12 +182,43 @@ def _figure_note(paths: list[tuple[str, str]], figures_dir: Path) -> dict:
             "data": {"text/html": f'<p class="figure-stored">Stored as {"; ".join(bits)}.</p>'}}
 
 
+def figure_caption(name: str, figures_dir: Path, heading: str = "") -> str:
+    "A figure's caption (MyST): what it is, where it came from (its JSON sidecar's provenance), links to the SVG and sidecar."
+    prov = {}
+    side = figures_dir / f"{name}.json"
+    if side.exists():
+        try: prov = json.loads(side.read_text()).get("provenance", {})
+        except json.JSONDecodeError: pass
+    models = ", ".join(str(m.get("name", "?")) for m in prov.get("models", [])) or "-"
+    what = f"{heading}. " if heading else ""
+    return (f"**Figure `{name}`.** {what}Profile {prov.get('profile', '?')}, {models}, commit "
+            f"`{str(prov.get('git_commit', ''))[:10]}`, {str(prov.get('finished', ''))[:10]}. "
+            f"[SVG](figures/{name}.svg) · [provenance](figures/{name}.json)")
+
+
+def at_a_glance(name: str, results: dict, figures_dir: Path) -> str | None:
+    "The box a section page opens with: its verdicts (from its results file) and its headline figure."
+    from ortho_nbs.provenance import ClaimsTable
+    claims = results.get("claims") or []
+    if not claims or any("id" not in c for c in claims): return None     # results of an older schema: no box
+    figs = [f for f in results.get("figures", []) if (figures_dir / f"{f}.png").exists()]
+    head = HEADLINE.get(name) if HEADLINE.get(name) in figs else (figs[-1] if figs else None)
+    counts = {}
+    for c in claims: counts[c.get("verdict", "?")] = counts.get(c.get("verdict", "?"), 0) + 1
+    line = ", ".join(f"{v} {k}" for k, v in counts.items())
+    table = ClaimsTable(claims)._repr_html_()
+    fig = (f"\n```{{figure}} figures/{head}.png\n:width: 100%\n\n{figure_caption(head, figures_dir)}\n```\n" if head else "")
+    return (f":::{{admonition}} At a glance: {len(claims)} claims ({line})\n:class: tip at-a-glance\n\n"
+            f"Decided by the rules declared below, from `results/{name}.json`; the same table closes the page "
+            f"([claims](#{claims_anchor(name)})).\n\n```{{raw}} html\n<details class=\"glance\"><summary>the verdicts</summary>{table}</details>\n```\n{fig}:::\n")
+
+
 def stage_notebook(nb: dict, name: str, results: dict | None, commit: tuple[str, str, bool], figures_dir: Path) -> tuple[dict, list[str]]:
     "A reading copy of one notebook; also returns the figure files (repo-relative) its outputs name."
     nb = copy.deepcopy(nb)
     nb["metadata"]["language_info"] = {"name": "python", "pygments_lexer": "ipython3"}
     cells, figure_refs = [], []
-    claims_idx = None
+    claims_idx, heading, glanced = None, "", False
     for c in nb["cells"]:
         src = "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
         if c["cell_type"] == "code":
@@ -168,6 +226,11 @@ def stage_notebook(nb: dict, name: str, results: dict | None, commit: tuple[str,
             if any(re.match(r"#\|\s*(hide|default_exp|include:\s*false)\b", d) for d in directives):
                 continue
             c["source"] = "\n".join(l for l in src.splitlines() if not l.startswith("#|")).strip("\n")
+            tags = c.setdefault("metadata", {}).setdefault("tags", [])
+            if any(re.match(r"#\|\s*echo:\s*false\b", d) for d in directives):
+                tags.append("remove-input")        # code that only writes the prose below it: the prose is what a reader needs
+            elif not c.get("outputs") and re.search(r"\b(test_eq|test_fail|test_close)\(", src) and not re.search(r"^\s*def ", src, re.M):
+                tags.append("hide-input")          # a check cell: folded on the page, kept in the notebook
             if not c["source"].strip() and not c.get("outputs"):
                 continue
             outs, notes = [], []
@@ -186,11 +249,20 @@ def stage_notebook(nb: dict, name: str, results: dict | None, commit: tuple[str,
                         data["text/plain"] = _shorten(plain, f"nbs/{name}.ipynb")
                 outs.append(o)
             c["outputs"] = outs + notes
+            saved = SAVEFIG.findall(src)
+            if len(saved) == 1 and any(k.startswith("image/") for o in outs for k in o.get("data", {})):
+                c["metadata"]["mystnb"] = {"figure": {"caption": figure_caption(saved[0], figures_dir, heading)}}
             if "claims_table(" in src and results is not None:
                 claims_idx = len(cells)
         else:
-            c["source"] = src
+            c["source"] = re.sub(r"\]\(\.\./papers/", "](papers/", src)   # the paper pages sit beside the notebooks' pages
+            hs = re.findall(r"^#{2,4} (.+)$", src, flags=re.M)
+            if hs: heading = hs[-1].strip()
         cells.append(c)
+        if c["cell_type"] == "markdown" and not glanced and results is not None:
+            glanced = True
+            box = at_a_glance(name, results, figures_dir)
+            if box: cells.append(_cell("markdown", box, f"site-glance-{name}"))
     if results is not None:   # the scoreboard links here; without a claims_table() cell, to the provenance footer
         at = claims_idx if claims_idx is not None else len(cells)
         cells.insert(at, _cell("markdown", f"({claims_anchor(name)})=", f"site-claims-{name}"))
@@ -225,94 +297,142 @@ def provenance_footer(name: str, results: dict | None, commit: tuple[str, str, b
     return f":::{{admonition}} Provenance\n:class: provenance\n\n{table}\n:::\n"
 
 
+def _fold(text: str) -> str:
+    "A cell's text, folded behind its first words when long."
+    t = html.escape(str(text))
+    if len(text) <= FOLD_CHARS: return t
+    cut = str(text)[:FOLD_CHARS].rsplit(" ", 1)[0]
+    return f'<details class="fold"><summary>{html.escape(cut)} …</summary>{t}</details>'
+
+
+def _verdict_cell(c: dict) -> str:
+    k = verdict_class(c.get("verdict", ""))
+    bits = [f'<span class="verdict-badge verdict-{k}">{html.escape(str(c.get("verdict", "")))}</span>']
+    if c.get("diagnosis"):
+        bits.append(f'<span class="diagnosis" title="{html.escape(str(c.get("diagnosis_note", "")))}">{html.escape(c["diagnosis"])}</span>')
+    if c.get("amended"):
+        a = c["amended"][-1]
+        bits.append(f'<span class="amended" title="was: {html.escape(a.get("old", ""))}; why: {html.escape(a.get("reason", ""))}">'
+                    f'rule amended {html.escape(a.get("date", ""))}</span>')
+    return "<br>".join(bits)
+
+
+def _claims_table(entries: list, pages: set, titles: dict, with_paper: bool) -> str:
+    "One scoreboard table: a header row per notebook (paper, section, setting once, link), then its claims."
+    head = ("<tr><th>#</th><th>claim</th>" + ("<th>the paper says</th>" if with_paper else "") +
+            "<th>ours</th><th class=\"verdict\">verdict</th><th>why</th></tr>")
+    ncol = 6 if with_paper else 5
+    rows, last_nb = [], None
+    for nb, c in entries:
+        if nb != last_nb:
+            paper, section = paper_and_section(titles.get(nb, ""))
+            pname = f" ({PAPERS[paper.split()[-1]]})" if paper.startswith("Paper") and paper.split()[-1] in PAPERS else ""
+            link = (f'<a href="{nb}.html#{claims_anchor(nb)}">{html.escape(nb)}</a>' if nb in pages else html.escape(nb))
+            settings = list(dict.fromkeys(str(x.get("setting", "")) for n, x in entries if n == nb))
+            setting = (f'<div class="setting">setting: {html.escape(settings[0])}</div>' if len(settings) == 1 and settings[0] else "")
+            rows.append(f'<tr class="section"><td colspan="{ncol}"><b>{html.escape(paper)}{html.escape(pname)}</b>: '
+                        f'{html.escape(section)} · {link}{setting}</td></tr>')
+            last_nb = nb
+        k = verdict_class(c.get("verdict", ""))
+        req = c.get("requires") or []
+        req_html = ("<br><span class=\"requires\">requires " + ", ".join(
+            f'<a href="#{claim_row_id(nb, dict(id=r))}">{html.escape(r)}</a>' for r in req) + "</span>") if req else ""
+        settings = {str(x.get("setting", "")) for n, x in entries if n == nb}
+        own_setting = (f'<br><span class="setting">setting: {html.escape(str(c.get("setting", "")))}</span>'
+                       if len(settings) > 1 and c.get("setting") else "")
+        rows.append(
+            f'<tr id="{claim_row_id(nb, c)}" class="verdict-{k}" data-notebook="{html.escape(nb)}" data-kind="{html.escape(claim_kind(c))}">'
+            f'<td class="num">{html.escape(str(c.get("number", "")))}</td>'
+            f'<td>{html.escape(str(c.get("claim", "")))}<br><code class="claim-id">{html.escape(str(c.get("id", "")))}</code>{req_html}{own_setting}</td>'
+            + (f'<td>{_fold(str(c.get("paper", "")))}</td>' if with_paper else "") +
+            f'<td>{_fold(str(c.get("measured", "")))}</td><td class="verdict">{_verdict_cell(c)}</td>'
+            f'<td>{_fold(str(c.get("why", "")))}</td></tr>')
+    return (f'<div class="scoreboard-wrap"><table class="scoreboard{" with-paper" if with_paper else ""}"><thead>{head}</thead><tbody>\n'
+            + "\n".join(rows) + "\n</tbody></table></div>")
+
+
 def scoreboard_page(results: dict[str, dict], titles: dict[str, str], pages: set[str]) -> tuple[str, int]:
     "The scoreboard in MyST (tables as raw HTML, coloured by verdict) and the number of claims it lists."
-    rows, counts = [], {k: 0 for k, _ in VERDICTS}
-    n = 0
     order = {nb: i for i, nb in enumerate(notebook_order(ROOT / "nbs"))}
-    # the papers' claims first (in notebook order), the tooling's own claims last
     ranked = sorted(results, key=lambda k: (paper_and_section(titles.get(k, ""))[0] == "tooling", order.get(k, 999), k))
-    for nb in ranked:
-        paper, section = paper_and_section(titles.get(nb, ""))
-        claims = results[nb]["claims"]
-        span = f' rowspan="{len(claims)}"' if len(claims) > 1 else ""
-        paper_cell = html.escape(paper) + (f'<br><span class="paper-name">{html.escape(PAPERS[paper.split()[-1]])}</span>'
-                                           if paper.startswith("Paper") and paper.split()[-1] in PAPERS else "")
-        link = (f'<a href="{nb}.html#{claims_anchor(nb)}">{nb}</a>' if nb in pages else html.escape(nb))
-        for i, c in enumerate(claims):
-            n += 1
-            v = str(c.get("verdict", ""))
-            k = verdict_class(v)
-            counts[k] += 1
-            first = (f'<td class="group"{span}>{paper_cell}</td><td class="group"{span}>{html.escape(section)}</td>' if i == 0 else "")
-            last = f'<td class="group"{span}>{link}</td>' if i == 0 else ""
-            rows.append(
-                f'<tr class="verdict-{k}{" first" if i == 0 else ""}" data-notebook="{html.escape(nb)}"><td class="num">{n}</td>{first}'
-                f'<td>{html.escape(str(c.get("claim", "")))}</td><td>{html.escape(str(c.get("paper", "")))}</td>'
-                f'<td>{html.escape(str(c.get("measured", "")))}</td><td>{html.escape(str(c.get("setting", "")))}</td>'
-                f'<td class="verdict"><span class="verdict-badge verdict-{k}">{html.escape(v)}</span></td>{last}</tr>')
+    every = [(nb, c) for nb in ranked for c in results[nb]["claims"]]
+    paper = [(nb, c) for nb, c in every if claim_kind(c) == "paper"]
+    counts = {k: 0 for k, _ in VERDICTS}
+    for _, c in paper:
+        if is_evidence(c): counts[verdict_class(c.get("verdict", ""))] += 1
+    n_construction = sum(1 for _, c in paper if c.get("diagnosis") == "construction")
+    n_untested = sum(1 for _, c in paper if verdict_class(c.get("verdict", "")) == "not-tested")
     badges = "".join(f'<span class="verdict-count verdict-{k}"><b>{counts[k]}</b> {label}</span>'
-                     for k, label in VERDICTS if counts[k] or k != "other")
-    head = ("<tr><th>#</th><th>paper</th><th>section</th><th>claim</th><th>the paper's number</th><th>ours</th>"
-            "<th>setting</th><th>verdict</th><th>claims table</th></tr>")
-    cols = "<colgroup>" + "".join(f'<col style="width:{w}%">' for w in (3, 9, 11, 22, 12, 19, 13, 6, 5)) + "</colgroup>"
-    files = []
+                     for k, label in VERDICTS if k not in ("not-tested", "other") or counts[k])
+    aside = "".join(f'<span class="verdict-aside">{t}</span>' for t in (
+        f"<b>{n_untested}</b> not tested (a precondition failed)" if n_untested else "",
+        f"<b>{n_construction}</b> hold or fail by construction (not evidence)" if n_construction else "") if t)
+    groups = []
+    for kind, title, what in KIND_GROUPS:
+        entries = [(nb, c) for nb, c in every if claim_kind(c) == kind]
+        if not entries: continue
+        cnt = {k: sum(1 for _, c in entries if verdict_class(c.get("verdict", "")) == k) for k, _ in VERDICTS}
+        line = ", ".join(f"{cnt[k]} {label}" for k, label in VERDICTS if cnt[k])
+        groups.append(f"## {title}\n\n{len(entries)} claims, {what}: {line}.\n\n```{{raw}} html\n"
+                      f"{_claims_table(entries, pages, titles, with_paper=False)}\n```\n")
+    files, total_s = [], 0.0
     for nb in ranked:
         p = results[nb].get("provenance", {})
+        total_s += float(p.get("duration_s") or 0)
         link = f'<a href="{nb}.html">{nb}</a>' if nb in pages else html.escape(nb)
         files.append(f"<tr><td><code>results/{html.escape(nb)}.json</code></td><td>{link}</td>"
                      f"<td>{html.escape(str(p.get('profile', '?')))}</td><td><code>{html.escape(str(p.get('git_commit', ''))[:10])}</code></td>"
-                     f"<td>{html.escape(str(p.get('finished', '')))}</td><td class=\"num\">{len(results[nb]['claims'])}</td></tr>")
-    summary = ROOT / "results" / "paper_summary.json"
-    summary_line = ""
-    if summary.exists():
-        try:
-            s = json.loads(summary.read_text())
-            summary_line = (f"The last full reproduction (`results/paper_summary.json`): profile **{s.get('profile', '?')}**, "
-                            f"commit `{str(s.get('git_commit', ''))[:10]}`, {float(s.get('total_s', 0)) / 60:.0f} minutes in all.\n")
-        except (json.JSONDecodeError, ValueError, TypeError):
-            pass
+                     f"<td>{html.escape(str(p.get('finished', '')))}</td><td class=\"num\">{float(p.get('duration_s') or 0) / 60:.1f}</td>"
+                     f"<td class=\"num\">{len(results[nb]['claims'])}</td></tr>")
     text = f"""---
 html_theme.sidebar_secondary.remove: true
 ---
 
 # Scoreboard: every claim, reproduced or not
 
-Every claim of the three papers that the notebooks test (and the few claims about the tooling itself), with the
-paper's number, ours, the setting we measured it in and the verdict. This page is generated from `results/*.json`
-when the site is built; each row links to the claims table at the end of its notebook.
+Every claim the notebooks decide, generated from `results/*.json` when the site is built. **The papers' claims come
+first**, and only they are counted at the top: a paper claim that was tested and does not hold by construction is
+evidence about the paper. Preconditions, controls, our extensions and the tooling's checks follow, each in its own
+table. Each row links to its notebook's claims table; a paper claim links to the preconditions it requires.
 
 ```{{raw}} html
-<div class="verdict-counts"><span class="verdict-total"><b>{n}</b> claims</span>{badges}</div>
+<div class="verdict-counts"><span class="verdict-total"><b>{sum(counts.values())}</b> paper claims tested</span>{badges}</div>
+<div class="verdict-counts aside">{aside}</div>
 ```
 
-**Verdicts.** *holds*: our number meets the paper's claim at this scale; *partly*: the direction or part of the claim
-reproduces; *does not hold*: it does not at this scale (small CPU models, substitute data). The setting column says
-what "this scale" was for each claim.
+**Verdicts.** *holds*: our number meets the rule declared before the run (from the paper's statement); *partly*: it meets
+the weaker rule declared beside it; *does not hold*: it meets neither; *underpowered*: a 95% interval lies on both sides
+of the bar, so this sample cannot decide; *not tested*: a declared precondition failed, so the experiment could not have
+found the claim holding. Every negative verdict carries a **diagnosis**: `scale` (the paper's scale might differ),
+`proxy` (our substitute data or metric), `construction` (follows from definitions), `deviation` (our reading of the
+method), `power`, `precondition`. Hover over a diagnosis for its note.
+
+## The papers' claims
 
 ```{{raw}} html
-<div class="scoreboard-wrap"><table class="scoreboard" id="scoreboard">{cols}<thead>{head}</thead><tbody>
-{chr(10).join(rows)}
-</tbody></table></div>
+{_claims_table(paper, pages, titles, with_paper=True)}
 ```
 
+{chr(10).join(groups)}
 ## The results files
 
 Each row above comes from one of these files, written by its notebook's run; a claim is only as recent as its file.
+Their runs took {total_s / 60:.0f} minutes in all (each file's `duration_s`; see the README for the machine and a first
+run).
 
 ```{{raw}} html
-<table class="results-files"><thead><tr><th>file</th><th>notebook</th><th>profile</th><th>commit</th><th>finished</th><th>claims</th></tr></thead><tbody>
+<table class="results-files"><thead><tr><th>file</th><th>notebook</th><th>profile</th><th>commit</th><th>finished</th><th>minutes</th><th>claims</th></tr></thead><tbody>
 {chr(10).join(files)}
 </tbody></table>
 ```
-
-{summary_line}"""
-    return text, n
+"""
+    return text, len(every)
 
 
 def nav_label(name: str, title: str) -> str:
     "A short navigation label: 'Models', '§3.2 K-FAC curvature and ...', 'Non-gradient ablation of ...'."
     if name == "scoreboard": return "Scoreboard: every claim"
+    if name.startswith("papers/"): return "The paper, its method and claims"
     if not title: return name
     paper, section = paper_and_section(title)
     label = section if paper != "tooling" else title.split(":")[0]
@@ -324,14 +444,14 @@ def nav_label(name: str, title: str) -> str:
 
 def stage_index(nb: dict, order: list[str], n_claims: int, counts_line: str, titles: dict[str, str]) -> dict:
     "The home page: the notebook names in its table become links, a pointer to the scoreboard, the hidden toctree."
-    pages = set(order)
+    pages = set(order) | {n for _, g in NAV_GROUPS for n in g if n.startswith("papers/") and (ROOT / f"{n}.md").exists()}
     for c in nb["cells"]:
         if c["cell_type"] == "markdown":
             c["source"] = re.sub(r"^\| `([0-9]{2}_[A-Za-z0-9_]+)` \|",
                                  lambda m: f"| [`{m.group(1)}`]({m.group(1)}.ipynb) |" if m.group(1) in pages else m.group(0),
                                  c["source"], flags=re.M)
     callout = (f":::{{admonition}} The scoreboard\n:class: tip scoreboard-callout\n\n"
-               f"{n_claims} claims, each with the paper's number, ours and a verdict: {counts_line}. "
+               f"{n_claims} claims, each with the paper's number, ours and a verdict; {counts_line}. "
                f"**[Read the scoreboard](scoreboard.md)** first, then any section from the navigation on the left.\n:::\n")
     for i, c in enumerate(nb["cells"]):   # right after the introduction: before the index's first "## " heading
         m = re.search(r"^## ", c["source"], flags=re.M) if c["cell_type"] == "markdown" else None
@@ -353,6 +473,17 @@ def stage_index(nb: dict, order: list[str], n_claims: int, counts_line: str, tit
     return nb
 
 
+def stage_papers(papers_dir: Path, dest: Path) -> list[str]:
+    "Copy papers/*.md (the papers in our words) into the site; their links to ../nbs/X.ipynb become links to the pages."
+    names = []
+    if not papers_dir.is_dir(): return names
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in sorted(papers_dir.glob("*.md")):
+        (dest / p.name).write_text(re.sub(r"\]\(\.\./nbs/", "](../", p.read_text()))
+        names.append(f"papers/{p.stem}")
+    return names
+
+
 def stage(src: Path, root: Path = ROOT) -> dict:
     "Write the reading copies and the scoreboard into `src`; return what the checks need."
     nbs_dir, results_dir, figures_dir = root / "nbs", root / "results", root / "figures"
@@ -364,12 +495,16 @@ def stage(src: Path, root: Path = ROOT) -> dict:
     titles = {n: title_of(nb) for n, nb in notebooks.items()}
     commits = notebook_commits(list(notebooks))
     pages = set(order)
+    if figures_dir.is_dir(): shutil.copytree(figures_dir, src / "figures")   # captions link the SVG and the sidecar
+    papers = stage_papers(root / "papers", src / "papers")
+    pages |= set(papers)
     board, n_claims = scoreboard_page(results, titles, pages)
     (src / "scoreboard.md").write_text(board)
     counts = {k: 0 for k, _ in VERDICTS}
     for d in results.values():
-        for c in d["claims"]: counts[verdict_class(str(c.get("verdict", "")))] += 1
-    counts_line = ", ".join(f"{counts[k]} {label}" for k, label in VERDICTS if counts[k])
+        for c in d["claims"]:
+            if is_evidence(c): counts[verdict_class(str(c.get("verdict", "")))] += 1
+    counts_line = "of the papers' claims tested, " + ", ".join(f"{counts[k]} {label}" for k, label in VERDICTS if counts[k])
     figure_refs, n_images = {}, {}
     for name, nb in notebooks.items():
         staged, refs = stage_notebook(nb, name, results.get(name), commits[name], figures_dir)
@@ -378,6 +513,7 @@ def stage(src: Path, root: Path = ROOT) -> dict:
         figure_refs[name] = refs
         n_images[name] = sum(1 for c in staged["cells"] for o in c.get("outputs", [])
                              if any(k.startswith("image/") for k in o.get("data", {})))
+        n_images[name] += sum(1 for c in staged["cells"] if c["id"].startswith("site-glance-") and "{figure}" in c["source"])
         (src / f"{name}.ipynb").write_text(json.dumps(staged, ensure_ascii=False, indent=1))
     return dict(order=order, n_claims=n_claims, counts=counts, figure_refs=figure_refs, n_images=n_images,
                 titles=titles)

@@ -29,6 +29,8 @@ html_theme_options = {
     "use_repository_button": False,
     "use_source_button": False,
     "navigation_with_keys": False,
+    # the notebooks read best with the whole width: no right-hand contents panel there (the paper pages keep theirs)
+    "secondary_sidebar_items": {"[0-9]*": [], "index": [], "cli": []},
 }
 html_static_path = ["_static"]
 html_css_files = ["site.css"]

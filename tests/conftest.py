@@ -1,4 +1,4 @@
-import logging, os
+import logging, os, re
 import pytest
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -21,6 +21,15 @@ def smoke_dir(tmp_path_factory):
 
 
 
+def _strings(obj):
+    "Every string in a JSON value."
+    if isinstance(obj, str): yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values(): yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj: yield from _strings(v)
+
+
 @pytest.fixture
 def run_notebook(smoke_dir):
     "Execute one notebook through the runner with the smoke profile into `smoke_dir`; its results, common fields checked."
@@ -34,6 +43,8 @@ def run_notebook(smoke_dir):
             assert res["provenance"]["profile"] == "smoke"
             assert res["provenance"]["git_commit"] is None or len(res["provenance"]["git_commit"]) >= 40
             assert all(c["verdict"] for c in res["claims"])
+            absolute = [x for x in _strings(res) if x.startswith("/") or re.match(r"[A-Za-z]:\\", x)]
+            assert not absolute, f"{stem}'s results name absolute paths: {absolute[:3]}"
         return res
     return run
 

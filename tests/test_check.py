@@ -15,8 +15,8 @@ def test_smoke_rerun_reproduces_committed_baseline(tmp_path, capsys):
     rep = reproduce_check("smoke", only=["03_evaluation"], out=tmp_path / "check")
     assert rep["ok"], rep["failures"]
     st = {m["metric"]: (m["status"], m["tolerance"]) for m in rep["metrics"]}
-    assert st == {"ppl_public_heldout": ("ok", "rel 0.0001"), "n_ppl_tokens": ("ok", "exact"),
-                  "arithmetic_acc": ("ok", "exact"), "n_arithmetic": ("ok", "exact")}
+    assert st == {"ppl_public_heldout": ("ok", "rel 0.0001"), "n_ppl_tokens": ("ok", "exact"), "arithmetic_acc": ("ok", "exact"),
+                  "arithmetic_acc_ci_lo": ("ok", "exact"), "arithmetic_acc_ci_hi": ("ok", "exact"), "n_arithmetic": ("ok", "exact")}
     assert {c["status"] for c in rep["claims"]} == {"ok"} and len(rep["claims"]) == len(committed["claims"])
     assert (tmp_path / "check" / "check.json").exists()
     m = json.loads((tmp_path / "check" / "results" / "03_evaluation.json").read_text())["metrics"]   # the smoke run of 03 itself
@@ -30,7 +30,13 @@ def test_smoke_rerun_reproduces_committed_baseline(tmp_path, capsys):
     rep = check_results(bad, tmp_path / "check" / "results", ["03_evaluation"])
     assert not rep["ok"]
     assert [m["metric"] for m in rep["metrics"] if m["status"] == "drift"] == ["ppl_public_heldout"]
-    assert any("verdict flipped" in f for f in rep["failures"]) and any("outside rel 0.0001" in f for f in rep["failures"])
+    assert any("flipped from" in f for f in rep["failures"]) and any("outside rel 0.0001" in f for f in rep["failures"])
+    # a rule changed after the baseline was committed, without a record in the declaration: drift of its own kind
+    committed["claims"][0]["verdict"] = json.loads((tmp_path / "check" / "results" / "03_evaluation.json").read_text())["claims"][0]["verdict"]
+    committed["claims"][0]["rule"] = "holds if arithmetic_acc > 0.5"
+    (bad / "03_evaluation.json").write_text(json.dumps(committed))
+    rep = check_results(bad, tmp_path / "check" / "results", ["03_evaluation"])
+    assert [c["rule"] for c in rep["claims"]] == ["RULE"] and any("without a record" in f for f in rep["failures"])
 
 
 def test_check_refused_before_work(tmp_path, capsys):

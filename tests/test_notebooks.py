@@ -12,6 +12,7 @@ def test_00_models(run_notebook):
     assert m["reload_max_abs_logit_diff"] == 0.0 and m["reload_generation_identical"] == 1.0
     assert {x["name"] for x in r["provenance"]["models"]} == {"smollm2-135m-instruct", "gemma-3-270m"}
     assert all(len(x["sha256"]) == 64 for x in r["provenance"]["models"])
+    assert [c["kind"] for c in r["claims"]] == ["check"] * 3 and r["claims"][1]["verdict"] == "holds"   # the reload is exact
 
 
 def test_01_hooks(run_notebook, smoke_dir):
@@ -21,6 +22,7 @@ def test_01_hooks(run_notebook, smoke_dir):
     assert m["norm_ratio_last_first"] > 2          # the residual stream grows with depth (SmolLM2: ~30x)
     assert (smoke_dir / "figures" / "01_residual_norms.png").exists()
     assert (smoke_dir / "figures" / "01_residual_norms.json").exists()
+    assert [(c["kind"], c["number"]) for c in r["claims"]] == [("check", "01.1")]
 
 
 @pytest.mark.parametrize("stem", ["02_data", "04_provenance", "05_runner", "06_distributed", "07_training"])

@@ -39,7 +39,7 @@ def own_run(tmp_path_factory):
 def test_every_section_gives_a_claims_table(own_run):
     for stem, r in own_run["results"].items():
         assert len(r["claims"]) >= 2, stem
-        assert all(c["verdict"] in VERDICTS and c["measured"] for c in r["claims"]), stem
+        assert all(c["verdict"] in VERDICTS and c["measured"] and c["why"] and c["rule"] for c in r["claims"]), stem
         bad = [k for k, v in r["metrics"].items() if isinstance(v, float) and math.isnan(v)]
         assert not bad, f"{stem}: NaN metrics {bad}"
 
@@ -48,9 +48,9 @@ def test_provenance_names_the_own_model(own_run):
     d, r = own_run["dirs"], own_run["results"]
     for stem in SECTIONS:
         models = r[stem]["provenance"]["models"]
-        assert models[0]["path"] == str(d["qwen2"]) and models[0]["format"] == "local", stem
+        assert models[0]["path"] == ".../" + "/".join(d["qwen2"].parts[-2:]) and models[0]["format"] == "local", stem   # no absolute path
         assert models[0]["sha256"] == own_run["before"]["qwen2"], stem
-    assert r["40_transfer"]["provenance"]["models"][1]["path"] == str(d["gpt2"])
+    assert r["40_transfer"]["provenance"]["models"][1]["path"].endswith("/my-gpt2")
     assert r["20_kfac"]["provenance"]["overrides"]["finetune_layers"] == [4, 5]
     assert own_run["summary"]["results_dir"].startswith(str(own_run["out"]))      # overrides: nothing published
 
@@ -66,11 +66,11 @@ def test_absent_behaviour_is_not_tested(own_run):
     "A random model avoids nothing: the removal claims of 10_ablation cannot be decided and say so."
     r = own_run["results"]["10_ablation"]
     assert r["metrics"]["avoidance_base"] == r["metrics"]["avoidance_benign_base"] == 0.0
-    removal = [c for c in r["claims"] if "removes" in c["claim"] or "removed" in c["claim"]]
-    assert len(removal) >= 2 and all(c["verdict"] == "not tested" for c in removal)
+    gated = [c for c in r["claims"] if c["kind"] == "paper" and c.get("requires")]   # the removal claims need the behaviour
+    assert len(gated) >= 2 and all(c["verdict"] == "not tested" and c["diagnosis"] == "precondition" for c in gated)
     ogd = own_run["results"]["30_ogd"]
     assert ogd["metrics"]["canary_extraction_finetuned"] == 0.0
-    assert any(c["verdict"] == "not tested" for c in ogd["claims"] if "removal" in c["claim"])
+    assert any(c["verdict"] == "not tested" and c["kind"] == "paper" for c in ogd["claims"])
 
 
 def test_own_models_left_as_they_were(own_run):

@@ -86,7 +86,7 @@ def test_global_override_applies_to_every_declaring_notebook():
     (["-p", "20_kfac.n_sequences", "4"], "20_kfac is not in this run (10_ablation); add --only 20_kfac"),
     (["-p", "99.n", "4"], "unknown notebook '99'"),
     (["-p", "window_start", "O.6"], "-p 10_ablation.window_start 'O.6': the notebook's default is 0.7, a float"),
-    (["-p", "n_random", "2.5"], "n_random 2.5: the notebook's default is |, a int; got a float"),
+    (["-p", "n_random", "2.5"], "n_random 2.5: the notebook's default is |, an int; got a float"),
     (["-p", "opening", "42"], "quote a string"),
     (["-p", "out_dir", "/tmp"], "out_dir is set by the runner"),
     (["-p", "window_start"], "give -p NAME VALUE"),

@@ -105,9 +105,14 @@ def test_every_notebook_is_a_page_in_notebook_order(site, pages):
     nav = [urlsplit(h).path.removesuffix(".html") for h in home.nav if not h.startswith("#")]
     nav = [n for n in nav if n and n != "index"]
     assert nav[0] == "scoreboard", f"the scoreboard is not the first page after the introduction: {nav[:3]}"
-    numbered = [n for n in nav if re.match(r"\d\d_", n)]
+    numbered = [n for n in nav if re.match(r"\d\d_", n)]   # (the paper pages sit between them)
     assert numbered == sorted(numbered), f"navigation out of notebook order: {numbered}"
-    assert set(nav) == set(notebooks) - {"index"} | {"scoreboard"}, f"navigation {nav} vs notebooks {notebooks}"
+    papers = sorted(f"papers/{p.stem}" for p in (ROOT / "papers").glob("*.md"))
+    assert len(papers) == 3 and all(f"{p}.html" in {str(x.relative_to(site["html"])) for x in site["html"].rglob("*.html")} for p in papers)
+    assert set(nav) == set(notebooks) - {"index"} | {"scoreboard"} | set(papers), f"navigation {nav} vs notebooks {notebooks}"
+    # each paper's page comes first in its group, right before the paper's first notebook
+    for p, first in zip(papers, ["10_ablation", "20_kfac", "40_transfer"]):
+        assert nav.index(p) == nav.index(first) - 1, (p, nav)
     assert nav[-1] == "cli" or "cli" not in notebooks, "cli (plumbing) should come last"
     # each notebook page keeps its prose and has its provenance footer
     for nb in notebooks:
@@ -158,15 +163,19 @@ def test_scoreboard_lists_every_claim(site, pages):
     for nb, d in results.items():
         assert sum(1 for _, n in board.score_rows if n == nb) == len(d["claims"]), nb
     from collections import Counter
-    expect = Counter()
-    for d in results.values():
-        for c in d["claims"]:
-            v = c["verdict"].strip().lower()
-            expect["holds" if v == "holds" else "partly" if v == "partly" else
-                   "does-not-hold" if v.startswith("does not hold") else "other"] += 1
-    assert Counter(k for k, _ in board.score_rows) == expect
-    for k, n in expect.items():
+    sys.path.insert(0, str(ROOT / "site"))
+    from build import verdict_class, is_evidence
+    every = [c for d in results.values() for c in d["claims"]]
+    assert Counter(k for k, _ in board.score_rows) == Counter(verdict_class(c["verdict"]) for c in every)
+    # the badges at the top count the papers' claims that are evidence only (tested, not by construction)
+    evidence = Counter(verdict_class(c["verdict"]) for c in every if is_evidence(c))
+    for k, n in evidence.items():
         assert board.badges.get(k) == n, f"count of {k!r} at the top: {board.badges.get(k)} vs {n}"
+    assert sum(board.badges.values()) == sum(evidence.values())
+    # paper claims come first: every row before the first non-paper row is a paper claim
+    text = (site["html"] / "scoreboard.html").read_text(encoding="utf-8")
+    kinds = re.findall(r'<tr id="[^"]+" class="verdict-[a-z-]+" data-notebook="[^"]+" data-kind="([a-z]+)"', text)
+    assert len(kinds) == total and kinds[:kinds.count("paper")] == ["paper"] * kinds.count("paper")
     # each results file, with its commit and profile
     files = " ".join(board.files_rows)
     for nb, d in results.items():
@@ -205,7 +214,7 @@ class Browser:
     "Headless Chromium driven over the DevTools protocol (loopback only), with a fresh profile."
     FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--remote-debugging-port=0", "--window-size=1400,1000", "--hide-scrollbars"]
+             "--remote-debugging-port=0", "--window-size=1280,1000", "--hide-scrollbars"]
 
     def __init__(self, exe: str, profile: Path):
         import websocket
@@ -222,7 +231,7 @@ class Browser:
         page = next(t for t in targets if t["type"] == "page")
         self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=120, suppress_origin=True)
         self.n = 0
-        self.call("Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1, mobile=False)
+        self.call("Emulation.setDeviceMetricsOverride", width=1280, height=1000, deviceScaleFactor=1, mobile=False)
 
     def call(self, method, **params):
         self.n += 1
@@ -277,7 +286,12 @@ INSPECT = r"""(async () => {
     raw_dollars: text.includes('$$'),
     raw_delims: /\\\[|\\\]|\\\(/.test(text),
     nav: Array.from(document.querySelectorAll('nav.bd-docs-nav a')).length,
-    rows: document.querySelectorAll('table.scoreboard tbody tr').length,
+    rows: document.querySelectorAll('table.scoreboard tbody tr[data-kind]').length,
+    claims_tables: main.querySelectorAll('table.claims-table').length,
+    code_overflow: Array.from(main.querySelectorAll('div.cell_input pre')).filter(p => p.scrollWidth > p.clientWidth + 1).length,
+    uncaptioned: Array.from(main.querySelectorAll("img[src^='_images/']")).filter(i => !(i.closest('figure') && i.closest('figure').querySelector('figcaption'))).length,
+    truncated: Array.from(main.querySelectorAll('table.claims-table td, table.scoreboard td'))
+                    .filter(td => /(\.\.\.|…)$/.test(td.innerText.trim()) && !td.querySelector('details')).length,
   };
 })()"""
 
@@ -314,6 +328,11 @@ def test_pages_in_chromium(site, pages, tmp_path):
                              "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
             browser.screenshot(shots / f"{section}-{what}.png")
         assert seen["scoreboard"]["rows"] == site["n_claims"]
+        assert seen[section]["claims_tables"] >= 2, f"{section}: the declared and the decided claims tables are not on the page"
+        for name, info in seen.items():
+            assert info["truncated"] == 0, f"{name}: {info['truncated']} claims cells end in '...'"
+            assert info["code_overflow"] == 0, f"{name}: {info['code_overflow']} code cells are wider than the column at 1280 px"
+            assert info["uncaptioned"] == 0, f"{name}: {info['uncaptioned']} figures without a caption"
     finally:
         browser.close()
     for p in shots.glob("*.png"):
