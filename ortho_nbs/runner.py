@@ -11,9 +11,10 @@ from .provenance import (project_root, parameters_cell, git_commit, OVERRIDES_EN
                                    within, format_tolerance, portable, _atomic_write)
 
 # %% auto #0
-__all__ = ['RUN_PARAMS', 'EXAMPLES', 'notebooks', 'load_profiles', 'notebook_parameters', 'parse_overrides', 'resolve_overrides',
-           'plan', 'NotebookFailed', 'claims_summary', 'reproduce', 'compare_results', 'check_results', 'format_check',
-           'writes_results', 'reproduce_check', 'main']
+__all__ = ['RUN_PARAMS', 'EXAMPLES', 'README_BLOCKS', 'notebooks', 'load_profiles', 'notebook_parameters', 'parse_overrides',
+           'resolve_overrides', 'plan', 'NotebookFailed', 'claims_summary', 'reproduce', 'compare_results',
+           'check_results', 'format_check', 'writes_results', 'reproduce_check', 'main', 'results_overview',
+           'update_readme']
 
 # %% ../nbs/05_runner.ipynb #f978290c
 RUN_PARAMS = ("profile", "out_dir")   # injected by the runner into every notebook
@@ -239,7 +240,11 @@ def reproduce(profile: str = "paper", only: list[str] | None = None, out: str | 
         else: os.environ[OVERRIDES_ENV] = env_before
     summary["total_s"] = round(time.perf_counter() - t_all, 1)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=repr))
-    if publish: _publish_summary(summary, data_dir / "results" / f"{profile}_summary.json", partial=bool(only))
+    if publish:
+        _publish_summary(summary, data_dir / "results" / f"{profile}_summary.json", partial=bool(only))
+        if profile == "paper" and (root / "README.md").exists():
+            try: update_readme(root)
+            except ValueError as e: print(f"[ortho-nbs] README not updated: {e}", flush=True)
     return summary
 
 # %% ../nbs/05_runner.ipynb #ac5a5019
@@ -374,6 +379,7 @@ EXAMPLES = """examples:
   ortho-nbs reproduce --only 10 -p window_start 0.6          one parameter changed (into runs/)
   ortho-nbs reproduce --check --only 21_spectra              re-run and compare with the committed results
   ortho-nbs reproduce --only 10 -p model_name path/to/hf-model   a section on your own model
+  ortho-nbs readme                                           the README's results block, from results/*.json
 """
 
 def _n(k: int, noun: str) -> str:
@@ -417,8 +423,14 @@ def main(argv: list[str] | None = None) -> int:
                    "(default: results/ for the paper profile, tests/baselines/<profile>/ for another)")
     ls = sub.add_parser("list", help="show profiles and notebooks (titles, last paper-profile run time)")
     ls.add_argument("--root"); ls.add_argument("--params", action="store_true", help="also each notebook's parameters")
+    rd = sub.add_parser("readme", help="write the README's results block from results/*.json (--check: only compare)")
+    rd.add_argument("--root"); rd.add_argument("--check", action="store_true", help="exit 1 when the README does not match the results")
     a = ap.parse_args(argv)
     try:
+        if a.cmd == "readme":
+            ok = update_readme(a.root, check=a.check)
+            print("README.md matches results/" if ok else ("README.md is out of date: run `ortho-nbs readme`" if a.check else "README.md updated"))
+            return 0 if ok or not a.check else 1
         if a.cmd == "list":
             for name, conf in load_profiles(a.root).items(): print(f"profile {name}: {_n(sum(len(v) for v in conf.values()), 'setting')}")
             root = project_root(a.root)
@@ -446,3 +458,52 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[ortho-nbs] {_n(len(s['notebooks']), 'notebook')} in {s['total_s']:.0f} s; results in {s['results_dir']}, "
           f"figures in {s['figures_dir']}, run record {s['run_dir']}/summary.json")
     return 0
+
+# %% ../nbs/05_runner.ipynb #c05e0002
+README_BLOCKS = ("claims", "times")   # <!-- results:NAME --> ... <!-- /results:NAME --> in README.md, written from results/*.json
+
+def _results_files(root: Path) -> dict:
+    out = {}
+    for p in sorted((root / "results").glob("[0-9][0-9]_*.json")):
+        try: d = json.loads(p.read_text())
+        except ValueError as e: raise ValueError(f"{p}: not valid JSON ({e})") from None
+        if isinstance(d, dict) and isinstance(d.get("claims"), list): out[p.stem] = d
+    return out
+
+def results_overview(root: str | Path | None = None, part: str = "claims") -> str:
+    """Markdown from results/*.json: `part="claims"`, every paper claim (ours, verdict) by section under a one-line count;
+    `part="times"`, each notebook's last run: profile, minutes, peak memory, date."""
+    if part not in README_BLOCKS: raise ValueError(f"part={part!r}: one of {README_BLOCKS}")
+    res = _results_files(project_root(root))
+    cell = lambda s: str(s).replace("|", "/").replace("\n", " ")
+    if part == "claims":
+        lines, counts = ["| section | the paper's claim | ours | verdict |", "|---|---|---|---|"], {}
+        for nb, d in res.items():
+            for c in d["claims"]:
+                if c.get("kind", "paper") != "paper": continue
+                if c["verdict"] != "not tested" and c.get("diagnosis") != "construction": counts[c["verdict"]] = counts.get(c["verdict"], 0) + 1
+                v = c["verdict"] + (f" ({c['diagnosis']})" if c.get("diagnosis") else "")
+                lines.append(f"| `{nb}` | {cell(c['claim'])} | {cell(c['measured'])} | **{cell(v)}** |")
+        head = ("Of the papers' claims tested here (not counting those that follow from definitions): " +
+                ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1])) + ".") if counts else "No paper claim decided yet."
+        return "\n".join([head, "", *lines])
+    rows, total = ["| notebook | profile | minutes | peak memory (GB) | finished | claims |", "|---|---|---:|---:|---|---:|"], 0.0
+    for nb, d in res.items():
+        p = d.get("provenance", {}); total += float(p.get("duration_s") or 0)
+        rows.append(f"| `{nb}` | {p.get('profile', '?')} | {float(p.get('duration_s') or 0) / 60:.1f} | "
+                    f"{float(p.get('peak_memory_mb') or 0) / 1024:.1f} | {str(p.get('finished', ''))[:10]} | {len(d['claims'])} |")
+    cpu = next((d["provenance"].get("cpu") for d in res.values() if d.get("provenance", {}).get("cpu")), "?")
+    return "\n".join([f"Each notebook's last run, {total / 60:.0f} minutes in all, on {cpu}:", "", *rows])
+
+def update_readme(root: str | Path | None = None, check: bool = False) -> bool:
+    "Write each `<!-- results:NAME -->` block of README.md from results/*.json; with `check`, only compare. True if up to date."
+    root = project_root(root); path = root / "README.md"
+    text = new = path.read_text()
+    for part in README_BLOCKS:
+        a, b = f"<!-- results:{part} -->", f"<!-- /results:{part} -->"
+        if a not in new or b not in new: raise ValueError(f"{path} lacks the markers {a} ... {b}: put them where these numbers go")
+        i, j = new.index(a) + len(a), new.index(b)
+        new = new[:i] + "\n" + results_overview(root, part) + "\n" + new[j:]
+    if new == text: return True
+    if not check: _atomic_write(path, new)
+    return False
