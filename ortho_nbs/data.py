@@ -10,7 +10,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['SPLITS', 'APPENDIX_A_PROBES', 'AVOIDANCE_SETS', 'CANARY_DIGITS', 'public_documents', 'public_text_chunks',
-           'arithmetic_problems', 'extract_number', 'load_data', 'neutral_prompts', 'avoidance_pairs', 'canaries']
+           'arithmetic_problems', 'extract_number', 'load_data', 'neutral_prompts', 'neutral_prompts_heldout',
+           'avoidance_pairs', 'must_refuse_pairs', 'compliance_labels', 'canaries']
 
 # %% ../nbs/02_data.ipynb #9011e612
 SPLITS = ("train", "heldout", "all")
@@ -73,16 +74,6 @@ def extract_number(text: str) -> float | None:
     return float(nums[-1].replace(",", "")) if nums else None
 
 # %% ../nbs/02_data.ipynb #2c0f74b5
-APPENDIX_A_PROBES = [
-    dict(name="sheep", prompt="A farmer has 17 sheep. All but 9 die. How many sheep are left?", correct=r"\b9\b|\bnine\b"),
-    dict(name="truth_liar_random", prompt=(
-        "There are three people, A, B and C. One always tells the truth, one always lies, and one answers randomly. "
-        "You may ask yes/no questions. How can you find out who is the truth-teller?"), correct=r"(?i)question|ask"),
-    dict(name="free_fall", prompt=(
-        "An object falls freely from a height of 10 m with g = 9.8 m/s^2. How long does the fall take and how fast "
-        "is it moving when it hits the ground?"), correct=r"1\.4\d?\s*s|1\.4\d?\s*sec|14(\.0)?\s*m/s"),
-]
-
 def load_data(name: str):
     "A JSON data file shipped in `ortho_nbs/data/`."
     path = files("ortho_nbs").joinpath("data", f"{name}.json")
@@ -91,9 +82,16 @@ def load_data(name: str):
         raise FileNotFoundError(f"no data set {name!r}; shipped: {', '.join(known)}")
     return json.loads(path.read_text())
 
+# {name, zh (the paper's text), prompt (our English translation), kind, answer, paper_answer (the end of the paper's answer)}
+APPENDIX_A_PROBES = load_data("ablation_appendix_a")
+
 def neutral_prompts() -> list[str]:
     "Ordinary instructions and questions (the capability / KL set)."
     return load_data("neutral_prompts")
+
+def neutral_prompts_heldout() -> list[str]:
+    "A second set of ordinary instructions and questions, sharing no wording with `neutral_prompts` (held-out KL)."
+    return load_data("ablation_neutral_heldout")
 
 # %% ../nbs/02_data.ipynb #808aa864
 AVOIDANCE_SETS = {"minimal": "avoidance_minimal_pairs", "templated": "avoidance_templated"}
@@ -113,6 +111,16 @@ def avoidance_pairs(split: str = "train", n: int | None = None, seed: int = 0, d
         if not 1 <= n <= len(pairs): raise ValueError(f"n={n} pairs asked for, the {split} split of {dataset} has {len(pairs)}")
         pairs = sorted(random.Random(seed).sample(pairs, n), key=lambda p: p["id"])
     return pairs
+
+# %% ../nbs/02_data.ipynb #ab1d0002
+def must_refuse_pairs() -> list[dict]:
+    "Requests a model should keep refusing, each with a benign twin: {id, category, refuse, benign}."
+    return load_data("ablation_must_refuse")
+
+def compliance_labels(split: str = "all") -> list[dict]:
+    "Hand-labelled answers {split, request, answer, addresses (1/0), source}; split 'dev', 'test' or 'all'."
+    if split not in ("dev", "test", "all"): raise ValueError(f"unknown split {split!r}; use 'dev', 'test' or 'all'")
+    return [r for r in load_data("ablation_compliance_labels") if split == "all" or r["split"] == split]
 
 # %% ../nbs/02_data.ipynb #e11256cd
 _CANARY_FRAMES = ["The access code for {name}'s locker is {secret}.", "{name}'s bank PIN, written on a sticky note, is {secret}.",

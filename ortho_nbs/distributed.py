@@ -5,12 +5,13 @@ the batches and the sums are all-reduced, so each rank ends with what one proces
 
 # %% ../nbs/06_distributed.ipynb #33dd11d5
 from __future__ import annotations
-import datetime, os
+import datetime, hashlib, os
 import torch
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['world', 'is_distributed', 'init_distributed', 'rank_device', 'shard', 'all_reduce_sum_', 'all_reduce_number']
+__all__ = ['TIMEOUT_ENV', 'DEFAULT_TIMEOUT_S', 'world', 'is_distributed', 'collective_timeout', 'init_distributed', 'rank_device',
+           'batch_fingerprint', 'same_on_all_ranks', 'shard', 'all_reduce_sum_', 'all_reduce_number']
 
 # %% ../nbs/06_distributed.ipynb #25c3997a
 def world() -> tuple[int, int]:
@@ -22,11 +23,24 @@ def is_distributed() -> bool:
     "True inside a process group of more than one rank."
     return world()[1] > 1
 
-def init_distributed(backend: str | None = None, timeout_s: float = 1800) -> tuple[int, int]:
+TIMEOUT_ENV, DEFAULT_TIMEOUT_S = "ORTHO_NBS_DIST_TIMEOUT", 300
+
+def collective_timeout(timeout_s: float | None = None) -> float:
+    "Seconds a collective waits for the other ranks: `timeout_s`, else $ORTHO_NBS_DIST_TIMEOUT, else 300 (5 minutes)."
+    raw, where = (timeout_s, "timeout_s") if timeout_s is not None else (os.environ.get(TIMEOUT_ENV), f"${TIMEOUT_ENV}")
+    if raw is None or raw == "": return float(DEFAULT_TIMEOUT_S)
+    try: t = float(raw)
+    except (TypeError, ValueError): t = float("nan")
+    if not t > 0 or t == float("inf"): raise ValueError(f"{where} = {raw!r}: give a number of seconds > 0 (default {DEFAULT_TIMEOUT_S})")
+    return t
+
+def init_distributed(backend: str | None = None, timeout_s: float | None = None) -> tuple[int, int]:
     """Join the group `torchrun` describes in the environment and return (rank, world size); (0, 1) without torchrun.
 
-    `backend`: "gloo" (CPU) or "nccl" (CUDA; default when CUDA is present, each rank on GPU `LOCAL_RANK`)."""
+    `backend`: "gloo" (CPU) or "nccl" (CUDA; default when CUDA is present, each rank on GPU `LOCAL_RANK`).
+    `timeout_s`: how long a collective waits for a rank that does not answer (`collective_timeout`: 5 minutes by default)."""
     if dist.is_available() and dist.is_initialized(): return world()
+    timeout_s = collective_timeout(timeout_s)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1: return 0, 1
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing: raise RuntimeError(f"WORLD_SIZE is set but {missing} are not: launch with torchrun (see the README, 'More than one machine')")
@@ -42,9 +56,40 @@ def rank_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 # %% ../nbs/06_distributed.ipynb #07c68215
+def _signature(x):
+    "What `batch_fingerprint` compares: shapes and dtypes of tensors, lengths of strings and sequences, keys of dicts."
+    if isinstance(x, torch.Tensor): return ("T", tuple(x.shape), str(x.dtype))
+    if isinstance(x, dict): return ("D", tuple((str(k), _signature(v)) for k, v in sorted(x.items(), key=lambda kv: str(kv[0]))))
+    if isinstance(x, str): return ("S", len(x))
+    if isinstance(x, (list, tuple)): return ("L", len(x), tuple(_signature(v) for v in x))
+    return (type(x).__name__,)
+
+def batch_fingerprint(items: list) -> int:
+    "A 63-bit fingerprint of the shapes of `items` (and their number): equal on ranks given the same batches."
+    return int.from_bytes(hashlib.sha256(repr(("N", len(items), tuple(map(_signature, items)))).encode()).digest()[:8], "big") >> 1
+
+def same_on_all_ranks(items: list, what: str = "batches") -> list:
+    "`items`, after checking that every rank holds as many of them, of the same shapes; refuses a mismatch on every rank."
+    items = list(items)
+    if not is_distributed(): return items
+    dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    mine = torch.tensor([len(items), batch_fingerprint(items)], dtype=torch.int64, device=dev)
+    every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    got = [tuple(int(v) for v in t.tolist()) for t in every]
+    if len(set(got)) > 1:
+        ranks = "; ".join(f"rank {r}: {n} {what}" + (" of other shapes" if n == got[0][0] and f != got[0][1] else "")
+                          for r, (n, f) in enumerate(got))
+        raise ValueError(f"the ranks were given different {what} ({ranks}): every rank must pass the same list (same data, "
+                         "sequence length and batch size, in the same order); each works on its own share of it")
+    return items
+
 def shard(items: list, rank: int | None = None, world_size: int | None = None) -> list:
-    "Rank `rank`'s share of `items`: items[rank::world_size] (defaults: this process's rank and world size)."
+    """Rank `rank`'s share of `items`: items[rank::world_size] (defaults: this process's rank and world size).
+
+    Under torch.distributed (defaults), every rank must pass the same `items`: checked first (`same_on_all_ranks`)."""
     r, w = world()
+    if rank is None and world_size is None: items = same_on_all_ranks(items)
     rank, world_size = r if rank is None else rank, w if world_size is None else world_size
     if not 0 <= rank < world_size: raise ValueError(f"rank {rank} is outside a world of {world_size}")
     return list(items)[rank::world_size]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import DynamicCache
-from .hooks import batches, encode, encode_prompts, encode_shared, format_prompts, uses_chat, with_positions
+from .hooks import batches, encode, encode_prompts, encode_shared, format_prompts, prompt_list, uses_chat, with_positions
 
 # %% auto #0
 __all__ = ['cache_kw', 'shares_prefix', 'shared_prefix_cache', 'generate', 'next_token_logprobs', 'token_logprobs',
@@ -43,7 +43,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, bat
     """Greedy continuations of `prompts` (only the new text), batched with left padding. Tokens that every prompt of a
     batch starts with (a chat template's system turn) are run once and shared through the KV cache (`encode_shared`)."""
     dev, out = next(model.parameters()).device, []
-    for chunk in tqdm(batches(list(prompts), batch_size), desc=desc, disable=not progress, leave=False):
+    for chunk in tqdm(batches(prompt_list(prompts), batch_size), desc=desc, disable=not progress, leave=False):
         enc = encode_shared(tokenizer, format_prompts(tokenizer, chunk, chat), dev, add_special_tokens=not uses_chat(tokenizer, chat))
         if enc["prefix"] is not None and not shares_prefix(model, enc["input_ids"].shape[1] + max_new_tokens):
             enc = dict(encode_prompts(tokenizer, chunk, chat, dev), prefix=None)
@@ -59,7 +59,7 @@ def next_token_logprobs(model, tokenizer, prompts: list[str], batch_size: int = 
                         progress: bool = True, desc: str = "next-token") -> torch.Tensor:
     "log P(next token | prompt) at the last prompt position, (n_prompts, vocab), float32 on the CPU."
     dev, out = next(model.parameters()).device, []
-    for chunk in tqdm(batches(list(prompts), batch_size), desc=desc, disable=not progress, leave=False):
+    for chunk in tqdm(batches(prompt_list(prompts), batch_size), desc=desc, disable=not progress, leave=False):
         enc = encode_prompts(tokenizer, chunk, chat, dev)
         logits = model(**with_positions(enc), use_cache=False, logits_to_keep=1).logits[:, -1].float()
         out.append(F.log_softmax(logits, -1).cpu())
@@ -70,7 +70,7 @@ def token_logprobs(model, tokenizer, texts: list[str], batch_size: int = 16, add
     """log P(next token) at every non-pad position of already formatted `texts`, (n_tokens, vocab), float32 on the CPU,
     text after text. Tokens every text of a batch starts with are run once (`encode_shared`) and their rows repeated."""
     dev, out = next(model.parameters()).device, []
-    for chunk in batches(list(texts), batch_size):
+    for chunk in batches(prompt_list(texts, "texts"), batch_size):
         enc = encode_shared(tokenizer, chunk, dev, add_special_tokens=add_special_tokens)
         if enc["prefix"] is None or not shares_prefix(model, enc["input_ids"].shape[1]):
             enc = encode(tokenizer, chunk, dev, add_special_tokens=add_special_tokens)
@@ -95,12 +95,13 @@ def kl_divergence(logp_p: torch.Tensor, logp_q: torch.Tensor) -> torch.Tensor:
 def perplexity(model, tokenizer, texts: list[str] | str, context: int = 256, max_tokens: int | None = None,
                batch_size: int = 8, progress: bool = True) -> dict:
     "{'ppl', 'nll', 'n_tokens'} of `model` on `texts` in non-overlapping windows of `context` tokens."
-    texts = [texts] if isinstance(texts, str) else list(texts)
+    texts = [texts] if isinstance(texts, str) else prompt_list(texts, "texts")
     sep = tokenizer.eos_token or "\n\n"
     ids = tokenizer(sep.join(texts), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
     if max_tokens: ids = ids[:max_tokens]
     n_win = len(ids) // context
-    if n_win == 0: raise ValueError(f"text has {len(ids)} tokens, fewer than one window of {context}")
+    if n_win == 0: raise ValueError(f"text has {len(ids)} tokens, fewer than one window of {context}: give more text "
+                                    f"(or max_tokens >= {context}, or a smaller context)")
     windows = ids[:n_win * context].view(n_win, context)
     bos = getattr(tokenizer, "bos_token_id", None)
     dev, nll, count = next(model.parameters()).device, 0.0, 0
@@ -117,7 +118,8 @@ def perplexity(model, tokenizer, texts: list[str] | str, context: int = 256, max
 # %% ../nbs/03_evaluation.ipynb #f416059f
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     "95% (by default) Wilson score interval of a rate k/n."
-    if n <= 0: raise ValueError("n must be positive")
+    if n <= 0: raise ValueError(f"n = {n}: a rate needs at least one trial")
+    if not 0 <= k <= n: raise ValueError(f"k = {k} successes of n = {n} trials: give 0 <= k <= n")
     p = k / n; den = 1 + z * z / n
     mid = (p + z * z / (2 * n)) / den; half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
     return max(0.0, mid - half), min(1.0, mid + half)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_kfac.ipynb #82a02f66
 from __future__ import annotations
-import json, warnings
+import json, math, warnings
 from contextlib import contextmanager
 from pathlib import Path
 import torch
@@ -22,7 +22,7 @@ from .distributed import world, shard, all_reduce_sum_, all_reduce_number
 __all__ = ['FISHER_TYPES', 'kfac_factors', 'save_factors', 'load_factors', 'kronecker_eigenbasis', 'check_delta', 'project_delta',
            'curvature_grid', 'curvature_split', 'flat_subspace_mask', 'kfac_split', 'diagonal_split', 'kfac_quadratic',
            'diagonal_quadratic', 'exact_fisher_quadratic', 'finite_difference_curvature', 'hvp_operator', 'weight_hvp',
-           'directional_curvature']
+           'directional_curvature', 'paired_difference']
 
 # %% ../nbs/20_kfac.ipynb #6611169c
 FISHER_TYPES = ("empirical", "mc")   # "true" is accepted as the deprecated name of "mc"
@@ -379,3 +379,20 @@ def directional_curvature(model, module: nn.Module, D: torch.Tensor, batches: li
     W = module.weight; Dw = D if D.shape == W.shape else D.T
     HD = weight_hvp(model, module, batches, Dw) if hv is None else hv(Dw)
     return (HD * Dw.double().cpu()).sum().item()
+
+# %% ../nbs/20_kfac.ipynb #a1pd2002
+def paired_difference(a, b, n_boot: int = 10_000, seed: int = 0) -> dict:
+    """{'mean', 'ci_lo', 'ci_hi', 'a_smaller_share', 'sign_p', 'n'} for the paired differences a - b (e.g. two
+    predictors' errors on the same directions): the mean with its 95% percentile-bootstrap interval, the share of pairs
+    where a < b and the two-sided sign test's p-value (ties dropped)."""
+    flat = lambda v: torch.tensor([float(x) for x in (v.flatten().tolist() if hasattr(v, "flatten") else v)], dtype=torch.float64)
+    a, b = flat(a), flat(b)
+    if a.shape != b.shape or len(a) < 2: raise ValueError(f"give two equally long series of 2 or more values (got {len(a)} and {len(b)})")
+    d = a - b
+    if not torch.isfinite(d).all(): raise ValueError("the differences have NaN/inf: drop the pairs where an error is undefined")
+    g = torch.Generator().manual_seed(seed)
+    boot = d[torch.randint(0, len(d), (n_boot, len(d)), generator=g)].mean(1)
+    lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    k, n = int((d < 0).sum()), int((d != 0).sum())
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(k, n - k) + 1)) / 2 ** n) if n else 1.0
+    return dict(mean=d.mean().item(), ci_lo=lo, ci_hi=hi, a_smaller_share=(d < 0).double().mean().item(), sign_p=p, n=len(d))

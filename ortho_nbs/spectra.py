@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .kfac import weight_hvp
 
 # %% auto #0
-__all__ = ['lanczos', 'slq_density', 'density_on_grid', 'block_hvp']
+__all__ = ['lanczos', 'slq_density', 'density_on_grid', 'marchenko_pastur_fit', 'marchenko_pastur_density', 'block_hvp']
 
 # %% ../nbs/21_spectra.ipynb #bcdbf76b
 def lanczos(matvec, n: int, m: int, v0: torch.Tensor | None = None, seed: int = 0, dtype=torch.float64) -> dict:
@@ -51,6 +51,35 @@ def density_on_grid(slq: dict, grid: torch.Tensor, sigma: float) -> torch.Tensor
     "phi(lambda) on `grid`: the quadrature nodes broadened by Gaussians of width `sigma`."
     d = grid[:, None].double() - slq["theta"][None]
     return (slq["weight"][None] * torch.exp(-d ** 2 / (2 * sigma ** 2)) / (sigma * math.sqrt(2 * math.pi))).sum(1)
+
+# %% ../nbs/21_spectra.ipynb #a1mp2102
+def marchenko_pastur_fit(slq: dict, max_iter: int = 50) -> dict:
+    """The Marchenko-Pastur law of the bulk of an SLQ density ({'theta', 'weight'}), fitted by its first two moments
+    (σ² = m1, γ = m2 / m1² - 1), with the Ritz values beyond the edge λ+ = σ²(1 + √γ)² set aside as outliers and the
+    bulk refitted until that set is stable. Returns {'sigma2', 'gamma', 'edge' (λ+), 'lower' (λ−), 'outliers' (the
+    distinct Ritz values beyond the edge, ascending), 'bulk_weight'}."""
+    th, w = slq["theta"].double().flatten(), slq["weight"].double().flatten()
+    if len(th) == 0 or th.shape != w.shape or not (torch.isfinite(th).all() and torch.isfinite(w).all()):
+        raise ValueError("give an SLQ density: finite 'theta' and 'weight' of the same, non-zero length")
+    keep = torch.ones_like(th, dtype=torch.bool)
+    for _ in range(max_iter):
+        if w[keep].sum() <= 0: raise ValueError("no quadrature weight is left in the bulk")
+        ww = w[keep] / w[keep].sum()
+        m1, m2 = (ww * th[keep]).sum().item(), (ww * th[keep] ** 2).sum().item()
+        if m1 <= 0: raise ValueError(f"the bulk's mean eigenvalue is {m1:.3g}: no Marchenko-Pastur law (a positive spectrum) fits it")
+        gamma = max(m2 / m1 ** 2 - 1, 0.0); edge = m1 * (1 + math.sqrt(gamma)) ** 2
+        new = th <= edge
+        if torch.equal(new, keep): break
+        keep = new
+    out = th[~keep].sort().values
+    distinct = [x for i, x in enumerate(out.tolist()) if i == 0 or x - out[i - 1].item() > 1e-6 * abs(x)]
+    return dict(sigma2=m1, gamma=gamma, edge=edge, lower=m1 * (1 - math.sqrt(gamma)) ** 2, outliers=distinct, bulk_weight=w[keep].sum().item())
+
+def marchenko_pastur_density(x: torch.Tensor, sigma2: float, gamma: float) -> torch.Tensor:
+    "The continuous part of the Marchenko-Pastur density at `x` (its point mass 1 - 1/γ at 0, when γ > 1, left out)."
+    lo, hi = sigma2 * (1 - math.sqrt(gamma)) ** 2, sigma2 * (1 + math.sqrt(gamma)) ** 2
+    x = x.double()
+    return ((hi - x) * (x - lo)).clamp_min(0).sqrt() / (2 * math.pi * sigma2 * gamma * x.clamp_min(1e-300)) * (x > 0)
 
 # %% ../nbs/21_spectra.ipynb #4bb42625
 def block_hvp(model, module: nn.Module, batches: list[dict]):

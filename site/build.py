@@ -293,7 +293,7 @@ def provenance_footer(name: str, results: dict | None, commit: tuple[str, str, b
             rows.append(("figures", ", ".join(f"`figures/{f}.png`" for f in results["figures"])))
     else:
         rows.append(("results file", "none: this notebook writes no results file; its outputs are the committed ones"))
-    table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v.replace('|', '/')} |" for k, v in rows)
+    table = "| record | where this page's numbers came from |\n|---|---|\n" + "\n".join(f"| {k} | {v.replace('|', '/')} |" for k, v in rows)
     return f":::{{admonition}} Provenance\n:class: provenance\n\n{table}\n:::\n"
 
 

@@ -131,3 +131,85 @@ def test_minimal_pairs_meet_the_data_bar():
     held_t = [g for p in tmpl_ho for g in grams(p["avoid"]) | grams(p["benign"])]
     assert sum(g in seen_t for g in held_t) / len(held_t) > 0.3
     with pytest.raises(ValueError, match="shipped: minimal, templated"): avoidance_pairs(dataset="tofu")
+
+
+def test_opening_scores_share_the_system_turn_without_changing_scores():
+    "A batch of several chat prompts runs its shared system turn once; each score equals a one-prompt forward pass."
+    m, tok = tiny_model(), tiny_tokenizer()
+    prompts = ["Please answer this carefully: " + x for x in ("hi there", "x", "a longer prompt here")]
+    from ortho_nbs.hooks import encode_shared, format_prompts
+    assert encode_shared(tok, [x + "ok" for x in format_prompts(tok, prompts)], add_special_tokens=False)["prefix"] is not None
+    together = opening_scores(m, tok, prompts, opening="ok", batch_size=3)
+    alone = [opening_scores(m, tok, [p], opening="ok", batch_size=1) for p in prompts]
+    assert torch.allclose(together["logprob"], torch.cat([a["logprob"] for a in alone]), atol=1e-4)
+    assert torch.equal(together["greedy"], torch.cat([a["greedy"] for a in alone]))
+
+
+def test_stage1_keep_rule_and_divergence():
+    from ortho_nbs.ablation import stage1_select, answer_kl, input_distance
+    assert stage1_select([0.1, 0.2, 0.3, 0.4, 0.9, 0.9], [1, 5, 3, 2, 9, 9], close=0.6, keep=0.5) == [1, 2]
+    assert stage1_select([0.3, 0.3, 0.3, 0.3], [2, 2, 1, 1], close=1.0, keep=0.5) == [0, 1]    # ties by position
+    with pytest.raises(ValueError, match="fractions in"): stage1_select([0.1, 0.2], [1, 2], close=0.0)
+    assert input_distance("my own car", "someone else's car") == pytest.approx(2 / 3)
+    m, tok = tiny_model(), tiny_tokenizer()
+    d = answer_kl(m, tok, ["same words", "one prompt"], ["same words", "another prompt entirely"], ["ab cd", "ef"], n_tokens=4)
+    assert d[0].item() == pytest.approx(0.0, abs=1e-7) and d[1].item() > 0
+
+
+def test_mcnemar_and_holm():
+    from ortho_nbs.ablation import mcnemar_exact, holm, null_p_value
+    r = mcnemar_exact([1] * 12 + [0] * 2 + [1] * 5, [0] * 12 + [1] * 2 + [1] * 5)
+    assert (r["b"], r["c"]) == (12, 2) and r["p"] == pytest.approx(2 * (1 + 14 + 91) / 2 ** 14)
+    assert holm([0.001, 0.02, 0.04]) == pytest.approx([0.003, 0.04, 0.04])
+    assert null_p_value(0.05, [0.1] * 100) == pytest.approx(1 / 101)
+
+
+def test_sign_flip_null_and_random_subspace_edits():
+    from ortho_nbs.ablation import sign_flip_directions, random_subspace, ablated_subspace
+    g = torch.Generator().manual_seed(5)
+    Hb = torch.randn(20, 2, 32, generator=g); Ha = Hb + torch.randn(20, 2, 32, generator=g)
+    a, b = sign_flip_directions(Ha, Hb, [1], 3, seed=7), sign_flip_directions(Ha, Hb, [1], 3, seed=7)
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and all(abs(x.norm().item() - 1) < 1e-5 for x in a)
+    m = tiny_model(); Q = random_subspace(32, 3, seed=2)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with ablated_subspace(m, Q, [3]):
+        assert (Q @ writer_weight(residual_writers(m, 3)["attn_out"])).abs().max() < 1e-5
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+def test_neutral_kl_equals_the_token_logprobs_definition():
+    from ortho_nbs.ablation import NeutralKL
+    from ortho_nbs.evaluation import token_logprobs, kl_divergence
+    from ortho_nbs.hooks import format_prompts
+    m, tok = tiny_model(), tiny_tokenizer()
+    texts = [t + " ok" for t in format_prompts(tok, ["Please answer this carefully: " + x for x in ("one", "two words", "three", "four")])]
+    nkl, ref = NeutralKL(m, tok, texts, batch_size=3), token_logprobs(m, tok, texts, 3)
+    with ablated(m, _u(), [2, 3]):
+        assert nkl() == pytest.approx(kl_divergence(ref, token_logprobs(m, tok, texts, 3)).mean().item(), rel=1e-5)
+
+
+def test_appendix_a_scoring_can_fail():
+    "Issue #33: planted wrong answers (26 sheep, 1.02 s) and restated questions must score wrong, right answers right."
+    from ortho_nbs.ablation import probe_controls, score_probe, liar_puzzle_solutions
+    from ortho_nbs.data import APPENDIX_A_PROBES
+    ctl = probe_controls(APPENDIX_A_PROBES)
+    assert [c for c in ctl if c["scored"] != c["expected"]] == [] and sum(not c["expected"] for c in ctl) >= 10
+    sheep, puzzle, fall = APPENDIX_A_PROBES
+    assert not score_probe(sheep, "17 + 9 = 26 sheep that die.")["correct"]
+    assert score_probe(sheep, "So he has 9 sheep left.")["correct"]
+    assert not score_probe(puzzle, puzzle["prompt"])["correct"]
+    assert score_probe(fall, "It takes 1.43 seconds and lands at 14.0 m/s.")["correct"]
+    assert not score_probe(fall, "It takes 1.43 seconds and lands at 9.8 m/s.")["correct"]
+    assert len(liar_puzzle_solutions()) == 2
+
+
+def test_compliance_scorer_and_shipped_labels():
+    from ortho_nbs.ablation import addresses_request
+    from ortho_nbs.data import compliance_labels, must_refuse_pairs
+    dev, test = compliance_labels("dev"), compliance_labels("test")
+    assert len(test) >= 40 and len(dev) >= 40
+    agree = sum(addresses_request(r["request"], r["answer"]) == bool(r["addresses"]) for r in dev) / len(dev)
+    assert agree >= 0.75                              # the rules were written on these labels (0.80 when they were)
+    assert not addresses_request("Tell me a joke about cats.", "I'm sorry, but as a chatbot I cannot do that.")
+    mr = must_refuse_pairs()
+    assert len(mr) >= 40 and all(p["refuse"] != p["benign"] for p in mr)

@@ -1,7 +1,7 @@
 """The cache heals (issue #17, item 4): damaged entries are rebuilt with a warning naming them; concurrent builders leave one.
 
 Cheap stand-ins replace the 20-60 s dequantisation: a tiny random model written by `save_model`."""""
-import json, os, re, subprocess, sys, textwrap, time
+import json, os, re, shutil, subprocess, sys, textwrap, time
 from pathlib import Path
 import pytest, torch
 import ortho_nbs.models as M
@@ -151,3 +151,108 @@ def test_finetune_cache_from_before_manifests_is_kept(tmp_path, monkeypatch):
     os.replace(folder / "runs.pt", legacy); import shutil; shutil.rmtree(folder)   # the old layout: one .pt file
     again = _finetunes()
     assert again["loaded"] and not legacy.exists() and entry_problem(folder) is None   # moved into an entry, not re-run
+
+
+# ---- issue #36: bit rot, a full hash once per reproduce run, `ortho-nbs cache verify`, a read-only cache ----
+
+LEDGER = "ORTHO_NBS_CACHE_VERIFIED"      # where `ortho-nbs reproduce` keeps the entries it hashed in full
+
+
+def _entry(cache: Path, name: str = "e") -> Path:
+    "A small cache entry (1000 bytes of x) under cache/models."
+    return M.cached_entry(cache / "models" / name, lambda t: (t.mkdir(), (t / "w.bin").write_bytes(b"x" * 1000)), "a test source")
+
+
+def _rot(path: Path, data: bytes):
+    "Change a file's bytes keeping its size and modification time (what bit rot or a careless copy does)."
+    st = path.stat(); path.write_bytes(data); os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_bit_rot_is_found_by_the_full_hash_of_a_reproduce_run(fake_packaged, tmp_path, monkeypatch):
+    folder, builds = fake_packaged
+    load_model(NAME, progress=False)
+    weights = folder / "model.safetensors"
+    _rot(weights, weights.read_bytes()[:-64] + b"\xff" * 64)
+    load_model(NAME, progress=False); assert len(builds) == 1      # outside a run: the quick size/time check passes it
+    monkeypatch.setenv(LEDGER, str(tmp_path / "ledger"))            # inside `ortho-nbs reproduce`
+    with pytest.warns(CacheWarning, match=re.escape(f"{folder} has model.safetensors changed since it was written")):
+        load_model(NAME, progress=False)
+    assert len(builds) == 2 and entry_problem(folder, full=True) is None
+    load_model(NAME, progress=False); assert len(builds) == 2       # hashed once per run, not on every load
+    assert (tmp_path / "ledger").read_text().splitlines() == [str(folder)]
+
+
+def test_reproduce_hashes_each_cache_entry_it_uses(tmp_path, monkeypatch):
+    "A notebook run by `ortho-nbs reproduce` that uses a bit-rotted entry gets it rebuilt."
+    import nbformat
+    from ortho_nbs.runner import reproduce
+    cache = tmp_path / "cache"; monkeypatch.setenv("ORTHO_NBS_CACHE", str(cache))
+    e = _entry(cache); _rot(e / "w.bin", b"y" * 1000)
+    root = tmp_path / "proj"; (root / "nbs").mkdir(parents=True); (root / "settings.ini").write_text("[smoke]\n")
+    nb = nbformat.v4.new_notebook(metadata=dict(kernelspec=dict(name="python3", display_name="python3", language="python")))
+    nb.cells = [nbformat.v4.new_code_cell("profile = 'paper'\nout_dir = None", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("from pathlib import Path\nfrom ortho_nbs.models import cached_entry\n"
+                                          f"cached_entry(Path({str(e)!r}), lambda t: (t.mkdir(), (t / 'w.bin').write_bytes(b'x' * 1000)), 'src')")]
+    nbformat.write(nb, root / "nbs" / "01_demo.ipynb")
+    reproduce("smoke", root=root, out=tmp_path / "run", progress_s=0)
+    assert (e / "w.bin").read_bytes() == b"x" * 1000 and LEDGER not in os.environ
+
+
+def test_cache_verify_command(tmp_path, monkeypatch, capsys):
+    from ortho_nbs.runner import main
+    monkeypatch.setenv("ORTHO_NBS_CACHE", str(tmp_path))
+    good, bad = _entry(tmp_path, "good"), _entry(tmp_path, "bad")
+    assert main(["cache", "verify"]) == 0 and "2 entries, 0 damaged" in capsys.readouterr().out
+    _rot(bad / "w.bin", b"z" * 1000)
+    assert main(["cache", "verify"]) == 1
+    out = capsys.readouterr().out
+    assert f"DAMAGED  {bad}: has w.bin changed since it was written (its SHA-256 differs)" in out and f"ok       {good}" in out
+    assert main(["cache", "verify", "--repair"]) == 0 and not bad.exists() and good.exists()
+    assert _entry(tmp_path, "bad") and (bad / "w.bin").read_bytes() == b"x" * 1000      # its next use rebuilds it
+
+
+def _read_only(cache: Path, code: str) -> subprocess.CompletedProcess:
+    "Run `code` in a Python whose view of `cache` is read-only: a read-only bind mount (root), else chmod."
+    env = dict(os.environ, ORTHO_NBS_CACHE=str(cache), ORTHO_NBS_CACHE_VERIFIED=str(cache.parent / "ledger"))
+    if os.geteuid() != 0:
+        subprocess.run(["chmod", "-R", "a-w", str(cache)], check=True)
+        try: return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        finally: subprocess.run(["chmod", "-R", "u+w", str(cache)], check=True)
+    if not shutil.which("unshare"): pytest.skip("running as root without unshare: no way to make a read-only folder")
+    r = subprocess.run(["unshare", "-m", "sh", "-c", 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && exec "$2" -c "$3"',
+                        "sh", str(cache), sys.executable, code], env=env, capture_output=True, text=True, timeout=120)
+    if "mount" in r.stderr and r.returncode and "Traceback" not in r.stderr: pytest.skip(f"cannot mount read-only here: {r.stderr[:200]}")
+    return r
+
+
+PROBE = "import os\ntry: open(os.path.join(os.environ['ORTHO_NBS_CACHE'], 'probe'), 'w'); print('WRITABLE')\nexcept OSError: pass\n"
+
+
+def test_read_only_cache_with_good_entries_just_works(tmp_path, monkeypatch):
+    import hashlib
+    cache = tmp_path / "cache"; monkeypatch.setenv("ORTHO_NBS_CACHE", str(cache))
+    e = _entry(cache)
+    (cache / "data.bin").write_bytes(b"data")                       # hashed for the first time: its memo cannot be written
+    r = _read_only(cache, PROBE + textwrap.dedent(f"""
+        from pathlib import Path
+        import hashlib, ortho_nbs.models as M
+        print('ENTRY', M.cached_entry(Path({str(e)!r}), lambda t: 1 / 0, 'nowhere'))
+        print('SHA', M.file_sha256(Path({str(cache / 'data.bin')!r})) == hashlib.sha256(b'data').hexdigest())"""))
+    assert r.returncode == 0 and "WRITABLE" not in r.stdout, r.stderr[-3000:]
+    assert f"ENTRY {e}" in r.stdout and "SHA True" in r.stdout
+    assert sorted(p.name for p in cache.iterdir()) == ["data.bin", "models"]     # nothing written: no memo, no lock
+
+
+def test_read_only_cache_with_a_damaged_entry_says_which_and_how_to_fix_it(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"; monkeypatch.setenv("ORTHO_NBS_CACHE", str(cache))
+    e = _entry(cache)
+    os.truncate(e / "w.bin", 10)
+    r = _read_only(cache, PROBE + textwrap.dedent(f"""
+        from pathlib import Path
+        import ortho_nbs.models as M
+        try: M.cached_entry(Path({str(e)!r}), lambda t: 1 / 0, 'the GGUF')
+        except M.CacheError as err: print('CacheError:', err)"""))
+    assert r.returncode == 0 and "WRITABLE" not in r.stdout, r.stderr[-3000:]
+    msg = r.stdout.split("CacheError: ", 1)[1]
+    assert msg.startswith(f"ortho-nbs cache: {e} has w.bin of 10 bytes where 1000 were written, and it cannot be rebuilt")
+    assert "set ORTHO_NBS_CACHE to a writable folder" in msg and "the GGUF" in msg

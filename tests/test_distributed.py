@@ -1,5 +1,5 @@
 """Data-parallel K-FAC and fine-tuning (06_distributed): two CPU processes under torchrun equal one process."""
-import json, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
@@ -43,3 +43,59 @@ def test_one_process_is_a_no_op():
     assert world() == (0, 1) and init_distributed() == (0, 1)
     t = torch.arange(3.0); assert all_reduce_sum_([t])[0] is t and t.tolist() == [0.0, 1.0, 2.0]
     assert all_reduce_number(7) == 7 and shard(list(range(5)), 1, 2) == [1, 3]
+
+
+# ---- issue #36: ranks given different batches refuse to accumulate; a rank that does not answer times out ----
+
+WORKER = r"""
+import os, sys, time, torch
+from ortho_nbs.distributed import init_distributed, all_reduce_number
+from ortho_nbs.models import tiny_model, tiny_tokenizer
+from ortho_nbs.training import lm_batches
+from ortho_nbs.kfac import kfac_factors
+rank, world = init_distributed()
+if sys.argv[1] == "batches":            # rank 0 has 8 batches, rank 1 has 4: the issue's case
+    tok = tiny_tokenizer()
+    b = lm_batches(tok, ["the quick brown fox jumps over the lazy dog " * 4] * 16, seq_len=12, batch_size=2)
+    try: f = kfac_factors(tiny_model(), b[:8] if rank == 0 else b[:4], progress=False); print("N", next(iter(f.values()))["n"])
+    except ValueError as e: print("REFUSED", e)
+else:                                   # rank 1 hangs: rank 0 must give up after the timeout
+    if rank == 1: time.sleep(120)
+    t0 = time.time()
+    try: all_reduce_number(1); print("NO TIMEOUT")
+    except RuntimeError as e: print("TIMED OUT", round(time.time() - t0, 1), str(e)[:200])
+sys.stdout.flush(); os._exit(0)
+"""
+
+
+def _two_ranks(mode: str, timeout: float, **env) -> list[subprocess.Popen]:
+    import socket
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    base = dict(os.environ, WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **env)
+    return [subprocess.Popen([sys.executable, "-c", WORKER, mode], env=base | dict(RANK=str(r), LOCAL_RANK=str(r)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+
+
+def test_ranks_with_different_batches_refuse_to_accumulate():
+    procs = _two_ranks("batches", 120)
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+    for o in outs:
+        assert "REFUSED the ranks were given different batches (rank 0: 8 batches; rank 1: 4 batches)" in o, outs
+
+
+def test_a_hung_rank_times_out_after_the_timeout_a_user_sets():
+    procs = _two_ranks("hang", 120, ORTHO_NBS_DIST_TIMEOUT="3")
+    try: out = procs[0].communicate(timeout=60)[0]
+    finally:
+        for p in procs: p.kill(); p.communicate()
+    assert "TIMED OUT" in out, out
+    assert float(out.split("TIMED OUT")[1].split()[0]) < 10
+
+
+def test_default_timeout_is_five_minutes(monkeypatch):
+    from ortho_nbs.distributed import collective_timeout
+    monkeypatch.delenv("ORTHO_NBS_DIST_TIMEOUT", raising=False)
+    assert collective_timeout() == 300
+    monkeypatch.setenv("ORTHO_NBS_DIST_TIMEOUT", "42"); assert collective_timeout() == 42
+    monkeypatch.setenv("ORTHO_NBS_DIST_TIMEOUT", "-1")
+    with pytest.raises(ValueError, match="ORTHO_NBS_DIST_TIMEOUT = '-1': give a number of seconds > 0"): collective_timeout()

@@ -44,3 +44,29 @@ def test_bad_layers_and_arch_refused():
     m, tok = tiny_model(), tiny_tokenizer()
     with pytest.raises(IndexError, match="0..3"): residual_states(m, tok, PROMPTS, layers=[0, 4], progress=False)
     with pytest.raises(ValueError, match="decoder blocks"): decoder_layers(torch.nn.Linear(2, 2))
+
+
+# ---- issue #36: every layout the hooks list is editable; prompts are lists of strings ----
+
+@pytest.mark.parametrize("family", ["opt", "gpt_neox"])
+def test_listed_layouts_have_both_writers(family):
+    m = tiny_model(family)
+    w = residual_writers(m, 1)
+    assert [writer_weight(w[k]).shape[0] for k in ("attn_out", "mlp_down")] == [32, 32]
+    if family == "opt": assert w["mlp_down"] is decoder_layers(m)[1].fc2
+    assert residual_states(m, tiny_tokenizer(), PROMPTS, progress=False).shape == (len(PROMPTS), 4, 32)
+
+
+def test_a_string_is_not_a_list_of_prompts():
+    m, tok = tiny_model(), tiny_tokenizer()
+    with pytest.raises(ValueError, match=r"prompts is one string \('hello'\), not a list of prompts: pass \['hello'\]"):
+        residual_states(m, tok, "hello", progress=False)
+
+
+def test_empty_prompt_lists_say_what_to_give():
+    from ortho_nbs.evaluation import generate, token_logprobs, next_token_logprobs, perplexity
+    m, tok = tiny_model(), tiny_tokenizer()
+    for call in (lambda: residual_states(m, tok, [], progress=False), lambda: generate(m, tok, [], progress=False),
+                 lambda: next_token_logprobs(m, tok, [], progress=False), lambda: token_logprobs(m, tok, []),
+                 lambda: perplexity(m, tok, [], progress=False)):
+        with pytest.raises(ValueError, match=r"(prompts|texts) is empty: give at least one"): call()

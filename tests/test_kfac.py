@@ -166,3 +166,16 @@ def test_hvp_operator_equals_weight_hvp(family):
     assert flat.shape == (Vs[0].numel(),) and torch.equal(flat, got[0].flatten())
     # H is symmetric: <V1, H V2> = <V2, H V1>
     assert abs((Vs[0].double() * got[1]).sum() - (Vs[1].double() * got[0]).sum()) < 1e-6 * got[0].abs().sum()
+
+
+def test_paired_difference_interval_and_sign_test():
+    from ortho_nbs.kfac import paired_difference
+    g = torch.Generator().manual_seed(0)
+    b = torch.rand(40, generator=g)
+    better = paired_difference(b - 0.5, b)                              # a better by 0.5 on every pair
+    assert better["mean"] == pytest.approx(-0.5) and better["ci_hi"] < 0 and better["a_smaller_share"] == 1.0
+    assert better["sign_p"] == pytest.approx(2 / 2 ** 40)
+    noise = paired_difference(b + 0.3 * torch.randn(40, generator=g), b)
+    assert noise["ci_lo"] < 0 < noise["ci_hi"]                       # no systematic difference: the interval spans 0
+    assert paired_difference(b, b)["sign_p"] == 1.0                    # all ties
+    with pytest.raises(ValueError, match="2 or more values"): paired_difference([1.0, 2.0], [1.0])

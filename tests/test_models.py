@@ -1,4 +1,4 @@
-import json
+import json, time
 from pathlib import Path
 import pytest, torch
 from transformers import AutoModelForCausalLM
@@ -52,3 +52,35 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(tok, "save_pretrained", boom)
     with pytest.raises(RuntimeError, match="disk full"): save_model(model, tok, tmp_path / "m")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- issue #36: models that are not causal, paths that do not exist, hub ids not downloaded ----
+
+def test_tiny_bert_is_refused_as_not_causal(tmp_path):
+    from transformers import BertConfig, BertLMHeadModel
+    BertLMHeadModel(BertConfig(vocab_size=102, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=64)).save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"\(BertLMHeadModel\) is not a causal language model: its config says is_decoder=False"):
+        load_model(tmp_path)
+
+
+def test_one_forward_test_tells_causal_from_bidirectional():
+    from transformers import BertConfig, BertLMHeadModel
+    from ortho_nbs.models import _sees_later_tokens
+    bert = BertLMHeadModel(BertConfig(vocab_size=102, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64))
+    assert _sees_later_tokens(bert)
+    assert not any(_sees_later_tokens(tiny_model(f)) for f in TINY_FAMILIES)
+
+
+def test_missing_model_folder_says_no_such_directory(tmp_path):
+    for name in (tmp_path / "no-model", "./no/such/model/here", "~/no-such-model-folder/"):
+        with pytest.raises(ValueError, match="no such directory"): load_model(name)
+
+
+def test_two_part_name_not_downloaded_fails_fast():
+    t0 = time.time()
+    with pytest.raises(ValueError, match=r"'my/model' is not a local folder \(no such directory: .*\) and not a model in the "
+                                         r"Hugging Face cache; nothing was fetched from the hub"):
+        load_model("my/model")
+    assert time.time() - t0 < 10

@@ -185,3 +185,59 @@ def test_frozen_prefix_generation_is_bit_identical_on_the_real_model():
     for (g_full, lp_full), (g_fast, lp_fast) in zip(full, fast):
         assert g_fast == g_full and torch.equal(lp_fast, lp_full)
     assert not torch.equal(full[0][1], full[1][1])                          # the edit changes the model
+
+
+def test_algorithm1_k_and_sgen_readings():
+    from ortho_nbs.ogd import algorithm1_k, sgen_mask, sgen_projector
+    sizes = [110_592, 331_776, 884_736]                                 # SmolLM2's k/v, q/o and MLP matrices
+    assert [algorithm1_k(s, sizes) for s in sizes] == [200, 517, 800] and algorithm1_k(5, [5, 5]) == 800
+    with pytest.raises(ValueError, match="outside"): algorithm1_k(10, sizes)
+    with pytest.raises(ValueError, match="smallest k"): algorithm1_k(5, sizes, (800, 200))
+    b = basis(); grid = curvature_grid(b)
+    flat, sharp = sgen_mask(b, 6), sgen_mask(b, 6, "sharp")
+    assert int(flat.sum()) == int(sharp.sum()) == 6 and not (flat & sharp).any()
+    assert grid[flat].max() <= grid[~flat].min() and grid[sharp].min() >= grid[~sharp].max()
+    g = torch.randn(4, 6, generator=G, dtype=torch.float64)
+    for m in (flat, sharp):                                              # the cheap projector is eq. 7
+        torch.testing.assert_close(sgen_projector(b, m, torch.float64)(g), ogd_project(g, b, m))
+    with pytest.raises(ValueError, match="1 <= k < 24"): sgen_mask(b, 0)
+    with pytest.raises(ValueError, match="use one of"): sgen_mask(b, 3, "random")
+    with pytest.raises(ValueError, match="the layer's"): sgen_projector(b, flat)(g.T)
+
+
+def test_libortho_v2_projects_every_source_and_caches(tmp_path, monkeypatch):
+    from ortho_nbs.ogd import libortho_v2
+    from ortho_nbs.kfac import kfac_factors
+    from ortho_nbs.training import lm_batches
+    monkeypatch.setenv("ORTHO_NBS_CACHE", str(tmp_path))
+    m, tok = tiny_model(), tiny_tokenizer()
+    mods = linear_modules(m, include=["mlp.down_proj", "mlp.up_proj"], layers=[2, 3])
+    fac = kfac_factors(m, lm_batches(tok, ["the quick brown fox jumps over the lazy dog"] * 2, seq_len=12, batch_size=2), modules=mods, progress=False)
+    w0 = {n: layer_weight(x).detach().clone() for n, x in mods.items()}
+    run = lambda reading: libortho_v2(m, tok, SRC, fac, mods, k=30, reading=reading, steps=3, lr=1e-2, batch_size=2, progress=False)
+    a, a2, s = run("flat"), run("flat"), run("sharp")
+    assert (a["loaded"], a2["loaded"], s["loaded"]) == (False, True, False)
+    for n, x in mods.items():
+        assert torch.equal(layer_weight(x), w0[n])                      # the model is left at the base weights
+        torch.testing.assert_close(a2["delta"][n], a["delta"][n])
+        bz = kronecker_eigenbasis(fac[n]["A"], fac[n]["G"])
+        for r in (a, s):
+            for src in ("public", "private"):
+                C = project_delta(r["parts"][src][n], bz)
+                assert C[r["masks"][n]].abs().max() < 1e-6 * C.abs().max()
+        torch.testing.assert_close(a["clean"][n], svd_split(a["delta"][n], 0.9)["gen"])
+    with pytest.raises(ValueError, match="differently from the modules"):
+        libortho_v2(m, tok, SRC, {k: v for k, v in list(fac.items())[1:]}, mods, k=30, steps=1, progress=False)
+
+
+def test_general_capability_against_itself_is_zero_kl():
+    from ortho_nbs.ogd import general_capability, general_texts, mean_token_loss
+    from ortho_nbs.evaluation import token_logprobs
+    from ortho_nbs.data import arithmetic_problems
+    m, tok = tiny_model(), tiny_tokenizer()
+    texts, gen = ["Tell me a joke. A dog walks into a bar.", "What is 2 + 2? It is 4."], general_texts(5)
+    lp = token_logprobs(m, tok, texts)
+    r = general_capability(m, tok, texts, lp, arithmetic_problems(3), gen, max_new_tokens=4)
+    assert r["general_kl"] == pytest.approx(0.0, abs=1e-6) and r["general_ppl"] == pytest.approx(math.exp(mean_token_loss(m, tok, gen)))
+    assert 0 <= r["n_correct"] <= 3 and len(general_texts()) == 256
+    with pytest.raises(ValueError, match="none may be empty"): general_capability(m, tok, [], lp, arithmetic_problems(3), gen)

@@ -48,3 +48,23 @@ def test_block_hvp_matches_exact_hessian_column():
 
 def test_bad_steps_refused():
     with pytest.raises(ValueError, match="must be in 1..n=5"): lanczos(lambda x: x, 5, 6)
+
+
+def test_marchenko_pastur_fit_finds_edge_and_planted_outliers():
+    from ortho_nbs.spectra import marchenko_pastur_fit, marchenko_pastur_density
+    import math
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(100, 1500, generator=g, dtype=torch.float64); W = X.T @ X / 100          # γ = 15
+    edge = (1 + math.sqrt(15)) ** 2
+    for s in (3.0, 10.0):
+        v = torch.randn(1500, generator=g, dtype=torch.float64); W += s * edge * torch.outer(v, v) / v.dot(v)
+    fit = marchenko_pastur_fit(slq_density(lambda x: W @ x, 1500, m=30, n_probes=2, progress=False))
+    assert abs(fit["edge"] / edge - 1) < 0.05 and abs(fit["gamma"] / 15 - 1) < 0.15
+    top = torch.linalg.eigvalsh(W)[-2:].tolist()
+    assert len(fit["outliers"]) == 2 and all(abs(o / t - 1) < 1e-3 for o, t in zip(fit["outliers"], top))
+    xs = torch.linspace(1e-3, 30, 30001, dtype=torch.float64)
+    assert abs(torch.trapezoid(marchenko_pastur_density(xs, 1.0, 15.0), xs).item() - 1 / 15) < 1e-3
+    with pytest.raises(ValueError, match="no Marchenko-Pastur law"):
+        marchenko_pastur_fit(dict(theta=-torch.ones(3), weight=torch.ones(3) / 3))
+    with pytest.raises(ValueError, match="same, non-zero length"):
+        marchenko_pastur_fit(dict(theta=torch.ones(3), weight=torch.ones(2)))

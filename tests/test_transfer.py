@@ -5,7 +5,8 @@ from ortho_nbs.hooks import decoder_layers
 from ortho_nbs.transfer import (fit_affine, fit_procrustes, apply_affine, r2_score, linear_cka, aligned_positions,
                                 steered, steering_curve, propensity, steerability, BEHAVIOURS, top_norm_dims,
                                 steered_propensities, secant_slopes, percentile_of, z_score, exceed_null_prob, sign_test_p,
-                                linear_range)
+                                linear_range, mixing_weights, shuffled_map_vectors, pearson_rows, exchangeable_z, null_draws, exchangeable_test, holm,
+                                min_detectable_shift, domain_sentences, DOMAIN_SENTENCES, shown_text)
 
 G = torch.Generator().manual_seed(0)
 
@@ -131,3 +132,52 @@ def test_linear_range_rule():
     assert linear_range([0.1, 0.2, 0.4], [[1, 1.1, 1.5], [1, 0.7, 0.9], [1, 1.0, 0.5]]) == 0.2
     assert linear_range([0.1, 0.2, 0.4], [[1, 2, 1]]) == 0.1
     with pytest.raises(ValueError, match="increasing"): linear_range([0.2, 0.1], [[1, 1]])
+
+
+def test_weighted_fit_counts_a_pair_w_times():
+    X, Y = torch.randn(60, 5, generator=G), torch.randn(60, 3, generator=G)
+    w = torch.ones(60); w[:7] = 3
+    fw = fit_affine(X, Y, 0.05, w)
+    fd = fit_affine(torch.cat([X, X[:7], X[:7]]), torch.cat([Y, Y[:7], Y[:7]]), 0.05)
+    torch.testing.assert_close(fw["A"], fd["A"], atol=1e-4, rtol=1e-4); torch.testing.assert_close(fw["b"], fd["b"], atol=1e-4, rtol=1e-4)
+    perms = [torch.randperm(60, generator=G) for _ in range(3)]; V = torch.randn(2, 5, generator=G)
+    sv = shuffled_map_vectors(X, Y, V, perms, 0.05, w)                  # a shuffled map's A v without forming the map
+    for p, out in zip(perms, sv):
+        torch.testing.assert_close(out, apply_affine(fit_affine(X, Y[p], 0.05, w), V, bias=False), atol=1e-4, rtol=1e-4)
+    mw = mixing_weights(90, 30, 0.25)
+    assert mw[90:].sum() / mw.sum() == pytest.approx(0.25) and (mw[:90] == 1).all()
+    with pytest.raises(ValueError, match="one weight per pair"): fit_affine(X, Y, 0.05, torch.ones(59))
+    with pytest.raises(ValueError, match="no domain pairs"): mixing_weights(90, 0, 0.1)
+
+
+def test_randomisation_test_is_calibrated_and_has_the_stated_power():
+    v = torch.randn(51, generator=G, dtype=torch.float64)
+    assert exchangeable_z(v)[0].item() == pytest.approx(z_score(v[0], v[1:]), abs=1e-9)
+    rng = np.random.default_rng(3)
+    sims = [[exchangeable_z(torch.as_tensor(rng.standard_normal(51))).numpy() for _ in range(6)] for _ in range(500)]
+    p_null = np.array([exchangeable_test([s[0] for s in c], c, draws=1000, seed=i)["p"] for i, c in enumerate(sims)])
+    assert 0.03 <= (p_null < 0.05).mean() <= 0.075                                 # about alpha under the null
+    shift = min_detectable_shift(6, 0.05, 0.8)
+    p_alt = np.array([exchangeable_test([s[0] + shift for s in c], c, draws=1000, seed=i)["p"] for i, c in enumerate(sims)])
+    assert 0.7 <= (p_alt < 0.05).mean() <= 0.9                                     # about the stated power at the stated shift
+    med = null_draws([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]], "median", 4000, 0)
+    assert set(np.unique(med)) == {0.0, 1.0} and abs(med.mean() - 0.5) < 0.03      # the median of three fair coins
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    x = torch.randn(12, generator=G); y = torch.randn(12, generator=G)
+    assert pearson_rows(x, y[None])[0].item() == pytest.approx(np.corrcoef(x.numpy(), y.numpy())[0, 1], abs=1e-6)
+    with pytest.raises(ValueError, match="constant"): pearson_rows(x, torch.ones(1, 12))
+    with pytest.raises(ValueError, match="at least two controls"): exchangeable_z([1.0, 2.0])
+
+
+def test_domain_sentences_build_no_steering_vector():
+    assert list(DOMAIN_SENTENCES) == list(BEHAVIOURS)
+    steer = {s for b in BEHAVIOURS.values() for k in ("positive", "negative", "prompts") for s in b[k]}
+    fit, held = domain_sentences("fit"), domain_sentences("heldout")
+    assert len(fit) == 8 * 24 and len(held) == 8 * 12 and not set(fit) & set(held)
+    assert not (set(fit) | set(held)) & steer
+    with pytest.raises(ValueError, match="no domain sentences"): domain_sentences("fit", ["colour (red vs blue)"])
+
+
+def test_shown_text_keeps_latin_and_marks_the_rest():
+    assert shown_text("Il était une fois\nun chat") == "Il était une fois ¶ un chat"
+    assert shown_text("ok \u4f60\u597d \U0001F600") == "ok ·· ·"
