@@ -499,17 +499,20 @@ def counts_as_evidence(c: dict) -> bool:
 DEFAULT_REL = 1e-4   # the relative tolerance of a float metric a notebook declares nothing for (ints and bools: exact)
 
 def tolerance(exact: bool = False, rel: float | None = None, abs: float | None = None, ignore: bool = False,
-              note: str | None = None) -> dict:
-    """How far a metric may move between two runs and still count as reproduced (one of: exact, a rel/abs band, ignore).
+              note: str | None = None, bound: float | None = None) -> dict:
+    """How far a metric may move between two runs and still count as reproduced (one of: exact, a rel/abs band, a
+    bound, ignore).
 
-    `exact=True`: equal; `rel=r`: |now - committed| <= r |committed|; `abs=a`: |now - committed| <= a (both: the wider);
-    `ignore=True`: reported, never compared; `note`: where the band comes from (a seed spread, say)."""
-    kinds = [bool(exact), rel is not None or abs is not None, bool(ignore)]
-    if sum(kinds) != 1: raise ValueError("a tolerance is exactly one of exact=True, a band (rel= and/or abs=), or ignore=True")
-    for k, v in (("rel", rel), ("abs", abs)):
+    `exact=True`: equal (counts at fixed seeds); `rel=r`: |now - committed| <= r |committed| (estimates); `abs=a`:
+    |now - committed| <= a (both: the wider); `bound=b`: |now| <= b whatever was committed (an error at machine precision,
+    whose value is round-off and only its size means anything); `ignore=True`: reported, never compared (timings);
+    `note`: where the band comes from (a seed spread, say)."""
+    kinds = [bool(exact), rel is not None or abs is not None, bound is not None, bool(ignore)]
+    if sum(kinds) != 1: raise ValueError("a tolerance is exactly one of exact=True, a band (rel= and/or abs=), bound=, or ignore=True")
+    for k, v in (("rel", rel), ("abs", abs), ("bound", bound)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
             raise ValueError(f"tolerance {k}={v!r}: give a finite number >= 0")
-    out = ({"exact": True} if exact else {"ignore": True} if ignore else
+    out = ({"exact": True} if exact else {"ignore": True} if ignore else {"bound": float(bound)} if bound is not None else
            {k: float(v) for k, v in (("rel", rel), ("abs", abs)) if v is not None})
     if note: out["note"] = str(note)
     return out
@@ -518,11 +521,11 @@ def _as_tolerance(name: str, spec) -> dict:
     "A tolerance from a declaration: 'exact', 'ignore', a dict of `tolerance`'s arguments, or `tolerance(...)` itself."
     if isinstance(spec, str) and spec in ("exact", "ignore"): return tolerance(**{spec: True})
     if isinstance(spec, dict):
-        bad = set(spec) - {"exact", "rel", "abs", "ignore", "note"}
+        bad = set(spec) - {"exact", "rel", "abs", "bound", "ignore", "note"}
         if not bad:
             try: return tolerance(**spec)
             except ValueError as e: raise ValueError(f"tolerance for {name!r}: {e}") from None
-    raise ValueError(f"tolerance for {name!r} is {spec!r}: give 'exact', 'ignore' or tolerance(exact=/rel=/abs=/ignore=)")
+    raise ValueError(f"tolerance for {name!r} is {spec!r}: give 'exact', 'ignore' or tolerance(exact=/rel=/abs=/bound=/ignore=)")
 
 def default_tolerance(value) -> dict:
     "The tolerance of a metric nobody declared one for: ints and bools exact, floats relative DEFAULT_REL."
@@ -547,13 +550,15 @@ def within(tol: dict, committed: float, now: float) -> bool:
     "Whether `now` reproduces `committed` under `tol`."
     if tol.get("ignore"): return True
     if tol.get("exact"): return now == committed
+    if "bound" in tol: return builtins.abs(now) <= tol["bound"]
     band = builtins.max(tol.get("abs", 0.0), tol.get("rel", 0.0) * builtins.abs(committed))
     return builtins.abs(now - committed) <= band * (1 + 1e-12)
 
 def format_tolerance(tol: dict) -> str:
-    "A tolerance as a table cell: 'exact', 'ignored', 'rel 0.0001', '±0.05', '±0.05 | rel 0.1'."
+    "A tolerance as a table cell: 'exact', 'ignored', 'rel 0.0001', '±0.05', '±0.05 | rel 0.1', '<= 0.0001'."
     if tol.get("ignore"): return "ignored"
     if tol.get("exact"): return "exact"
+    if "bound" in tol: return f"<= {tol['bound']:.3g}"
     return " | ".join(s for s in (f"±{tol['abs']:.3g}" if "abs" in tol else "", f"rel {tol['rel']:.3g}" if "rel" in tol else "") if s)
 
 # %% ../nbs/04_provenance.ipynb #c1a1d0c5

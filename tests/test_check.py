@@ -48,3 +48,19 @@ def test_check_refused_before_work(tmp_path, capsys):
     assert "never publishes" in capsys.readouterr().err
     assert main(["reproduce", "--check", "--profile", "smoke", "--only", "03_evaluation", "--out", str(project_root() / "results")]) == 2
     assert "scratch folder" in capsys.readouterr().err
+
+
+def test_a_round_off_metric_is_judged_by_its_bound_not_its_move():
+    "Issue #36: a float32 round-off error (8.8e-6 committed, 1.3e-5 on another CPU) reproduces under a bound; 2e-4 does not."
+    from ortho_nbs.runner import compare_results
+    from ortho_nbs.provenance import tolerance
+    committed = dict(metrics=dict(err=8.8e-6, ppl=14.2), claims=[])
+    for now_err, ok in ((1.3e-5, True), (2e-4, False)):
+        now = dict(metrics=dict(err=now_err, ppl=14.2), claims=[], tolerances=dict(err=tolerance(bound=1e-4), ppl=tolerance(rel=1e-4)))
+        rep = compare_results(committed, now, "20_kfac")
+        st = {r["metric"]: (r["status"], r["tolerance"]) for r in rep["metrics"]}
+        assert st["err"] == ("ok" if ok else "drift", "<= 0.0001") and st["ppl"] == ("ok", "rel 0.0001")
+        assert bool(rep["failures"]) is (not ok)
+    # the relative band that failed across machines would call the same round-off a drift
+    rep = compare_results(committed, dict(metrics=dict(err=1.3e-5, ppl=14.2), claims=[], tolerances=dict(err=tolerance(rel=1e-4))), "20_kfac")
+    assert any("outside rel 0.0001" in f for f in rep["failures"])
