@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .hooks import (decoder_layers, residual_writers, writer_weight, format_prompts, encode, encode_shared, with_positions,
                              batches, uses_chat)
-from .evaluation import generate, token_logprobs, kl_divergence, shared_prefix_cache, shares_prefix, cache_kw
+from .evaluation import generate, token_logprobs, kl_divergence, shared_prefix_cache, shares_prefix, cache_kw, sign_test_two_sided, holm
 from .training import frozen_prefix
 
 # %% auto #0
 __all__ = ['WRITER_KINDS', 'AVOIDANCE_PHRASES', 'ROLES', 'PROBE_CONTROLS', 'DEFLECTION_PHRASES', 'TAKE_UP_OPENINGS',
            'input_distance', 'answer_kl', 'stage1_select', 'behaviour_directions', 'target_layers', 'unit_direction',
            'aggregate_direction', 'orthogonalize_', 'restore_', 'ablated', 'orthogonalized', 'is_avoidance',
-           'opening_scores', 'avoidance_rate', 'NeutralKL', 'mcnemar_exact', 'holm', 'paired_bootstrap', 'null_p_value',
+           'opening_scores', 'avoidance_rate', 'NeutralKL', 'mcnemar_exact', 'paired_bootstrap', 'null_p_value',
            'sign_flip_directions', 'random_subspace', 'ablated_subspace', 'answer_numbers', 'final_number',
            'final_time_speed', 'liar_puzzle_solutions', 'final_roles', 'score_probe', 'probe_controls',
            'addresses_request', 'split_half_cosine', 'direction_top_tokens', 'select_direction_layer',
@@ -268,17 +268,7 @@ def mcnemar_exact(before, after) -> dict:
     if len(before) != len(after) or not before:
         raise ValueError(f"{len(before)} and {len(after)} outcomes: give the same prompts' outcomes under both conditions")
     b = sum(x and not y for x, y in zip(before, after)); c = sum(y and not x for x, y in zip(before, after))
-    p = 1.0 if b + c == 0 else min(1.0, 2 * sum(math.comb(b + c, i) for i in range(min(b, c) + 1)) / 2 ** (b + c))
-    return dict(b=b, c=c, p=p)
-
-def holm(pvalues) -> list[float]:
-    "Holm-adjusted p-values (family-wise), in the order given."
-    p = [float(x) for x in pvalues]
-    if not p or not all(0 <= x <= 1 for x in p): raise ValueError(f"p-values {p}: give at least one, each in [0, 1]")
-    out, run = [0.0] * len(p), 0.0
-    for rank, i in enumerate(sorted(range(len(p)), key=lambda i: p[i])):
-        run = max(run, min(1.0, (len(p) - rank) * p[i])); out[i] = run
-    return out
+    return dict(b=b, c=c, p=sign_test_two_sided(b, b + c))
 
 def paired_bootstrap(stat, *outcomes, n_boot: int = 2000, seed: int = 0, strata=None) -> tuple[float, float]:
     """95% percentile interval of `stat(*outcomes)` with prompts resampled with replacement, one index set for every

@@ -13,7 +13,7 @@ from .hooks import batches, encode, encode_prompts, encode_shared, format_prompt
 
 # %% auto #0
 __all__ = ['cache_kw', 'shares_prefix', 'shared_prefix_cache', 'generate', 'next_token_logprobs', 'token_logprobs',
-           'kl_divergence', 'perplexity', 'wilson_interval']
+           'kl_divergence', 'perplexity', 'wilson_interval', 'sign_test_two_sided', 'holm']
 
 # %% ../nbs/03_evaluation.ipynb #0c3110fb
 def cache_kw(model) -> str:
@@ -123,3 +123,17 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = k / n; den = 1 + z * z / n
     mid = (p + z * z / (2 * n)) / den; half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
     return max(0.0, mid - half), min(1.0, mid + half)
+
+def sign_test_two_sided(k: int, n: int) -> float:
+    "Two-sided exact sign test: p = min(1, 2 P(X <= min(k, n - k))), X ~ Binomial(n, 1/2); 1 when n = 0 (no untied pairs)."
+    if not 0 <= k <= n: raise ValueError(f"k = {k} of n = {n} untied pairs: give 0 <= k <= n")
+    return 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(min(k, n - k) + 1)) / 2 ** n)
+
+def holm(pvalues) -> list[float]:
+    "Holm's step-down adjusted p-values (family-wise error), in the order given."
+    p = [float(x) for x in pvalues]
+    if not p or not all(0 <= x <= 1 for x in p): raise ValueError(f"p-values {p}: give at least one, each in [0, 1]")
+    out, run = [0.0] * len(p), 0.0
+    for rank, i in enumerate(sorted(range(len(p)), key=lambda i: p[i])):
+        run = max(run, min(1.0, (len(p) - rank) * p[i])); out[i] = run
+    return out

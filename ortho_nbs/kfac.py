@@ -17,6 +17,7 @@ from .hooks import decoder_layers, writer_weight, encode, with_positions, batche
 from .training import (linear_modules, layer_weight, lm_batches, target_mask, next_token_loss, grads_only_for,
                                 batch_loss, finetune)
 from .distributed import world, shard, all_reduce_sum_, all_reduce_number
+from .evaluation import sign_test_two_sided
 
 # %% auto #0
 __all__ = ['FISHER_TYPES', 'kfac_factors', 'save_factors', 'load_factors', 'kronecker_eigenbasis', 'check_delta', 'project_delta',
@@ -394,5 +395,5 @@ def paired_difference(a, b, n_boot: int = 10_000, seed: int = 0) -> dict:
     boot = d[torch.randint(0, len(d), (n_boot, len(d)), generator=g)].mean(1)
     lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
     k, n = int((d < 0).sum()), int((d != 0).sum())
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(k, n - k) + 1)) / 2 ** n) if n else 1.0
+    p = sign_test_two_sided(k, n)
     return dict(mean=d.mean().item(), ci_lo=lo, ci_hi=hi, a_smaller_share=(d < 0).double().mean().item(), sign_p=p, n=len(d))

@@ -53,6 +53,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "ortho_nbs"
 
 # %% ../nbs/00_models.ipynb #80846265
+def _hash(path: Path) -> str:
+    "SHA-256 of a file's bytes, read 1 MiB at a time."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
+    return h.hexdigest()
+
 def file_sha256(path: str | Path) -> str:
     "SHA-256 of a file, remembered in the cache by (path, size, mtime) so large files are hashed once (not remembered in a read-only cache)."
     path = Path(path).resolve(); st = path.stat()
@@ -61,10 +68,7 @@ def file_sha256(path: str | Path) -> str:
     try: memo = json.loads(memo_file.read_text())
     except (OSError, ValueError): memo = {}
     if key in memo: return memo[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    memo[key] = h.hexdigest()
+    memo[key] = _hash(path)
     try: _atomic_write(memo_file, json.dumps(memo, indent=0))
     except OSError: pass                                  # a read-only cache: hashed again next time, still correct
     return memo[key]
@@ -97,12 +101,6 @@ def _locked(entry: Path):
         fcntl.flock(fh, fcntl.LOCK_EX)
         try: yield
         finally: fcntl.flock(fh, fcntl.LOCK_UN)
-
-def _hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    return h.hexdigest()
 
 def _full_check_due(entry: Path) -> bool:
     "Whether `entry` is to be fully hashed now: the first use in an `ortho-nbs reproduce` run ($ORTHO_NBS_CACHE_VERIFIED)."

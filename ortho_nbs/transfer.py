@@ -14,13 +14,14 @@ from tqdm.auto import tqdm
 from .hooks import decoder_layers, residual_states, encode_prompts, with_positions, _Stop
 from .training import KnownBlock   # a decoder block whose output is known (also frozen_prefix's)
 from .data import load_data
+from .evaluation import holm   # Holm's adjustment, shared with 10_ablation
 
 # %% auto #0
 __all__ = ['BEHAVIOURS', 'DOMAIN_SENTENCES', 'aligned_positions', 'paired_states', 'fit_affine', 'shuffled_map_vectors',
            'mixing_weights', 'fit_procrustes', 'apply_affine', 'r2_score', 'top_norm_dims', 'linear_cka', 'cka_matrix',
            'steered', 'word_ids', 'propensity', 'steering_curve', 'steerability', 'steered_propensities',
            'secant_slopes', 'percentile_of', 'z_score', 'exceed_null_prob', 'sign_test_p', 'pearson_rows',
-           'exchangeable_z', 'null_draws', 'exchangeable_test', 'holm', 'min_detectable_shift', 'linear_range',
+           'exchangeable_z', 'null_draws', 'exchangeable_test', 'min_detectable_shift', 'linear_range',
            'domain_sentences', 'shown_text']
 
 # %% ../nbs/40_transfer.ipynb #850fb05f
@@ -364,15 +365,6 @@ def exchangeable_test(observed, null_sets, stat: str = "mean", draws: int = 2000
     t = float(obs.mean() if stat == "mean" else np.median(obs))
     return dict(stat=t, p=float((1 + (null >= t - 1e-12).sum()) / (1 + len(null))), null_p95=float(np.quantile(null, 0.95)),
                 mde=float(np.quantile(null, 1 - alpha) - np.quantile(null, 1 - power)), n=len(obs))
-
-def holm(pvals) -> list:
-    "Holm's step-down adjusted p-values (family-wise error), in the order given."
-    p = [float(x) for x in pvals]
-    if any(not 0 <= x <= 1 for x in p): raise ValueError(f"p-values must lie in [0, 1], got {p}")
-    out, run = [0.0] * len(p), 0.0
-    for r, i in enumerate(sorted(range(len(p)), key=p.__getitem__)):
-        run = max(run, min(1.0, (len(p) - r) * p[i])); out[i] = run
-    return out
 
 def min_detectable_shift(n: int, alpha: float = 0.05, power: float = 0.8, sd: float = 1.0) -> float:
     "Smallest shift of the mean of `n` independent scores of standard deviation `sd` a one-sided level-`alpha` test detects with `power` (eq. 7)."
