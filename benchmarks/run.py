@@ -1,6 +1,6 @@
 """Speed and memory of ortho-nbs, as ratios measured in one run on one machine (never asserted in tests).
 
-    .venv/bin/python benchmarks/run.py [--quick] [--device cpu|cuda|auto] [--only kfac|ddp|suite|prefix|hvp|finetune]
+    .venv/bin/python benchmarks/run.py [--quick] [--device cpu|cuda|auto] [--only kfac|ddp|sharded|suite|prefix|hvp|finetune]
 
 Writes benchmarks/results.json (flat keys) and benchmarks/results.md (a table with the machine's description).
 """
@@ -344,6 +344,22 @@ def ddp_agreement(model_name: str, world: int = 2, quick: bool = False) -> dict:
                           f"tokens; plain + OGD fine-tunes (OGD eigenbasis from the one-process factors), 3 steps, MLP up/down of the last 2 blocks")
     return res
 
+def sharded_agreement(model_name: str, world: int = 2, quick: bool = False) -> dict:
+    """FSDP2 fine-tunes and K-FAC layers owned by ranks (issue #39) with `world` torchrun processes against one process,
+    and the per-rank peak memory of the K-FAC stage with and without owners (benchmarks/ddp_agreement.py)."""
+    seqs, seq_len, bs = (4, 64, 2) if quick else (8, 128, 4)
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddp_agreement.py"), "--model", model_name, "--out", d,
+                        "--sequences", str(seqs), "--seq-len", str(seq_len), "--batch-size", str(bs), "--steps", "3",
+                        "--sharding", "fsdp", "--shard-kfac", "--compare", str(world)], check=True)
+        res = json.loads((Path(d) / "agreement.json").read_text())
+    res.pop("n_layers", None); res.pop("n_tokens", None)
+    res["sharded_setting"] = (f"{model_name}, {world} processes (gloo/NCCL) vs 1. FSDP2: plain + OGD fine-tunes and Algorithm 1 (k = 64), 3 steps, MLP "
+                              f"up/down of the last 2 blocks, no frozen prefix on either side. K-FAC owners: {res['kfac_sharded_layers']} "
+                              f"layers balanced by d_in^3 + d_out^3 over {seqs} x {seq_len} tokens; peak = process RSS above the "
+                              "stage's start (factors, then eigenbases of the rank's layers), the larger of the ranks")
+    return res
+
 def test_suite_time() -> dict:
     """Wall time of `make test` (the README's test command; setup is a no-op once .venv is installed), and pytest's own
     time and counts from its last line."""
@@ -371,8 +387,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer prompts and tokens (about a minute)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--only", choices=["kfac", "ddp", "suite", "prefix", "hvp", "finetune"], default=None,
+    ap.add_argument("--only", choices=["kfac", "ddp", "sharded", "suite", "prefix", "hvp", "finetune"], default=None,
                     help="kfac: only the K-FAC timings (real model and tiny); ddp: 2 processes vs 1 on SmolLM2-135M; "
+                         "sharded: FSDP2 fine-tunes and K-FAC layers owned by ranks, 2 processes vs 1 on SmolLM2-135M; "
                          "suite: the test suite's wall time; prefix: 30_ogd's evaluation and 10_ablation's generation with and without frozen_prefix, and with and without the shared prefix; "
                          "hvp: Hessian-vector products one by one vs from one hvp_operator; "
                          "finetune: 30_ogd's fine-tune step before and after the frozen prefix and lm_loss; "
@@ -391,6 +408,8 @@ def main(argv=None):
         out = {**(json.loads(path.read_text()) if path.exists() else {}), **out}
     if a.only == "ddp":
         out.update(ddp_agreement("smollm2-135m-instruct", 2, a.quick)); print(write_results(out)); return
+    if a.only == "sharded":
+        out.update(sharded_agreement("smollm2-135m-instruct", 2, a.quick)); print(write_results(out)); return
     if a.only == "suite":
         out.update(test_suite_time()); print(write_results(out)); return
     if a.only == "prefix":

@@ -11,7 +11,8 @@ import torch.distributed as dist
 
 # %% auto #0
 __all__ = ['TIMEOUT_ENV', 'DEFAULT_TIMEOUT_S', 'world', 'is_distributed', 'collective_timeout', 'init_distributed', 'rank_device',
-           'batch_fingerprint', 'same_on_all_ranks', 'shard', 'all_reduce_sum_', 'all_reduce_number']
+           'batch_fingerprint', 'same_on_all_ranks', 'shard', 'all_reduce_sum_', 'all_reduce_number', 'owners_by_cost',
+           'broadcast_from_owners', 'fsdp_shard', 'is_sharded', 'gather_shard', 'row_shard', 'local_shard']
 
 # %% ../nbs/06_distributed.ipynb #25c3997a
 def world() -> tuple[int, int]:
@@ -115,3 +116,78 @@ def all_reduce_number(x: float | int, op: str = "sum") -> float | int:
     t = torch.tensor([x], dtype=torch.float64, device=dev)
     dist.all_reduce(t, op=ops[op])
     return type(x)(t.item()) if isinstance(x, int) else t.item()
+
+# %% ../nbs/06_distributed.ipynb #5ha7d002
+def owners_by_cost(costs: dict[str, float], world_size: int | None = None) -> dict[str, int]:
+    """{item: rank}: every item (a layer) to one rank, balanced by `costs` -- costliest first, each to the rank with the
+    least cost so far (the lower rank on a tie; equal costs in name order). `world_size`: this process group's by default."""
+    world_size = world()[1] if world_size is None else int(world_size)
+    if world_size < 1: raise ValueError(f"world_size={world_size}: give at least one rank")
+    bad = {k: c for k, c in costs.items() if not (isinstance(c, (int, float)) and 0 <= c < float("inf"))}
+    if bad: raise ValueError(f"costs {dict(list(bad.items())[:3])}: give each item a finite cost >= 0")
+    load, out = [0.0] * world_size, {}
+    for name in sorted(costs, key=lambda n: (-costs[n], str(n))):
+        r = min(range(world_size), key=lambda i: (load[i], i)); out[name] = r; load[r] += costs[name]
+    return out
+
+def broadcast_from_owners(items: dict[str, dict], owners: dict[str, int], names: list[str]) -> dict[str, dict]:
+    """{name: {key: tensor}} for every name in `names`, on every rank: each sent by its owner, who holds it in `items`
+    (the others need not). Shapes and dtypes go first, then one broadcast per tensor; in one process `items` as is."""
+    names = list(names)
+    missing = [n for n in names if n not in owners]
+    if missing: raise ValueError(f"no owner for {missing[:3]}: give owners for every name (owners_by_cost)")
+    rank = world()[0]
+    mine = [n for n in names if owners[n] == rank and n not in items]
+    if mine: raise ValueError(f"this rank ({rank}) owns {mine[:3]} but does not hold them")
+    if not is_distributed(): return {n: items[n] for n in names}
+    dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    out = {}
+    for n in names:
+        src = owners[n]
+        meta = [{k: (tuple(v.shape), v.dtype) for k, v in items[n].items() if torch.is_tensor(v)} if rank == src else None]
+        dist.broadcast_object_list(meta, src=src)
+        got = {}
+        for k, (shape, dtype) in meta[0].items():
+            t = items[n][k].to(dev).contiguous() if rank == src else torch.empty(shape, dtype=dtype, device=dev)
+            dist.broadcast(t, src=src); got[k] = t
+        out[n] = got
+    return out
+
+# %% ../nbs/06_distributed.ipynb #5ha7d004
+def fsdp_shard(model):
+    """`model`, with FSDP2 (`fully_shard`) on every decoder block and on the whole: each rank keeps its rows of every
+    parameter (a DTensor), gathered around each block's forward and backward; gradients summed over the ranks. In place."""
+    if not is_distributed():
+        raise RuntimeError("fsdp_shard needs torch.distributed with more than one rank: launch with torchrun "
+                           "(README, 'More than one machine'); in one process train the model as it is")
+    from torch.distributed.fsdp import fully_shard, FSDPModule
+    from .hooks import decoder_layers
+    for block in decoder_layers(model): fully_shard(block)
+    fully_shard(model)
+    for m in model.modules():
+        if isinstance(m, FSDPModule): m.set_gradient_divide_factor(1.0); m.set_force_sum_reduction_for_comms(True)
+    return model
+
+def is_sharded(t) -> bool:
+    "True for a DTensor (a parameter of a model under `fsdp_shard`)."
+    from torch.distributed.tensor import DTensor
+    return isinstance(t, DTensor)
+
+def gather_shard(local: torch.Tensor, like) -> torch.Tensor:
+    "The full tensor of which `local` is this rank's shard, sharded as the DTensor `like` is (one all-gather)."
+    from torch.distributed.tensor import DTensor
+    return DTensor.from_local(local, like.device_mesh, like.placements, shape=like.shape, stride=like.stride()).full_tensor()
+
+def row_shard(like) -> int | None:
+    "The first row this rank holds of the DTensor `like` when it is split by rows only (a Linear weight under FSDP2), else None."
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    if like.ndim != 2 or [p for p in like.placements if isinstance(p, Shard) and p.dim != 0]: return None
+    return int(compute_local_shape_and_global_offset(like.shape, like.device_mesh, like.placements)[1][0])
+
+def local_shard(full: torch.Tensor, like) -> torch.Tensor:
+    "This rank's shard of `full`, sharded as the DTensor `like` is (a view, no communication)."
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    shape, offset = compute_local_shape_and_global_offset(like.shape, like.device_mesh, like.placements)
+    if tuple(full.shape) != tuple(like.shape): raise ValueError(f"full tensor {tuple(full.shape)} is not shaped like {tuple(like.shape)}")
+    return full[tuple(slice(o, o + s) for o, s in zip(offset, shape))]

@@ -16,17 +16,41 @@ from .hooks import decoder_layers, writer_weight, encode, with_positions, batche
 # the training plumbing (07_training); importing it from here keeps working for one release
 from .training import (linear_modules, layer_weight, lm_batches, target_mask, next_token_loss, grads_only_for,
                                 batch_loss, finetune)
-from .distributed import world, shard, all_reduce_sum_, all_reduce_number
+from .distributed import world, shard, all_reduce_sum_, all_reduce_number, owners_by_cost
 from .evaluation import sign_test_two_sided
 
 # %% auto #0
-__all__ = ['FISHER_TYPES', 'kfac_factors', 'save_factors', 'load_factors', 'kronecker_eigenbasis', 'check_delta', 'project_delta',
-           'curvature_grid', 'curvature_split', 'flat_subspace_mask', 'kfac_split', 'diagonal_split', 'kfac_quadratic',
-           'diagonal_quadratic', 'exact_fisher_quadratic', 'finite_difference_curvature', 'hvp_operator', 'weight_hvp',
-           'directional_curvature', 'paired_difference']
+__all__ = ['FISHER_TYPES', 'kfac_owners', 'kfac_factors', 'save_factors', 'load_factors', 'kronecker_eigenbasis', 'check_delta',
+           'project_delta', 'curvature_grid', 'curvature_split', 'flat_subspace_mask', 'kfac_split', 'diagonal_split',
+           'kfac_quadratic', 'diagonal_quadratic', 'exact_fisher_quadratic', 'finite_difference_curvature',
+           'hvp_operator', 'weight_hvp', 'directional_curvature', 'paired_difference']
 
 # %% ../nbs/20_kfac.ipynb #6611169c
 FISHER_TYPES = ("empirical", "mc")   # "true" is accepted as the deprecated name of "mc"
+
+def kfac_owners(modules: dict[str, nn.Module], world_size: int | None = None) -> dict[str, int]:
+    """{layer: rank}: the layers of `modules` owned by ranks, balanced by the cost of their eigendecompositions,
+    d_in^3 + d_out^3 (`owners_by_cost`; a bias adds one input column)."""
+    costs = {}
+    for n, m in modules.items():
+        d_out, d_in = layer_weight(m).shape
+        costs[n] = float((d_in + (getattr(m, "bias", None) is not None)) ** 3 + d_out ** 3)
+    return owners_by_cost(costs, world_size)
+
+def _reduce_to_owners_(acc: dict, owners: dict[str, int], rank: int):
+    """Sum each accumulator of `acc` over the ranks onto its layer's owner (an A shared by layers of several owners goes to
+    all of them), and drop what this rank does not own, in the same order on every rank."""
+    import torch.distributed as dist
+    users = {}
+    for n in sorted(acc):
+        for k in ("A", "G", "D"):
+            t = acc[n][k]
+            if t is not None: users.setdefault(id(t), (t, set()))[1].add(owners[n])
+    for t, ranks in users.values():
+        if len(ranks) == 1: dist.reduce(t, dst=next(iter(ranks)))
+        else: dist.all_reduce(t)
+    for n in acc:
+        if owners[n] != rank: acc[n].update(A=None, G=None, D=None)
 
 
 # %% ../nbs/20_kfac.ipynb #675a7242
@@ -51,7 +75,7 @@ def _mirror(C: torch.Tensor, upper: torch.Tensor | None = None) -> torch.Tensor:
 
 def kfac_factors(model, batches: list[dict], modules: dict[str, nn.Module] | list[str] | None = None,
                  fisher: str = "empirical", ema: float | None = None, diagonal: bool = False, seed: int = 0,
-                 progress: bool = True) -> dict[str, dict]:
+                 owners: dict[str, int] | None = None, progress: bool = True) -> dict[str, dict]:
     """K-FAC factors {name: {'A', 'G', 'n', ['D']}} of the linear layers (paper 2, eq. 2).
 
     A = E[a a^T] over the layer inputs (a bias column appended when the layer has a bias), G = E[g g^T] over the
@@ -61,7 +85,11 @@ def kfac_factors(model, batches: list[dict], modules: dict[str, nn.Module] | lis
     Under torch.distributed (`06_distributed`) every rank passes the same `batches`, accumulates its share (batches
     r, r + W, ...) and the sums are all-reduced: each rank returns the factors of all the batches, equal to one
     process's up to float rounding. There the EMA is refused (it depends on the batches' order) and `fisher="mc"`
-    samples each rank's labels from its own generator (seed + rank): the same estimator, another draw."""
+    samples each rank's labels from its own generator (seed + rank): the same estimator, another draw.
+
+    `owners` ({layer: rank}, e.g. `owners_by_cost` of d_in^3 + d_out^3, `kfac_owners`): layers owned by ranks. Each sum is
+    reduced onto its layer's owner only and dropped by the other ranks, and each rank returns its own layers' factors
+    (in one process every owner must be rank 0)."""
     if fisher == "true":
         warnings.warn('fisher="true" is deprecated: it is a one-sample Monte-Carlo Fisher, fisher="mc"', DeprecationWarning, stacklevel=2)
         fisher = "mc"
@@ -72,6 +100,10 @@ def kfac_factors(model, batches: list[dict], modules: dict[str, nn.Module] | lis
         raise ValueError("ema: the paper's EMA follows the batches' order, which data parallelism does not keep; use ema=None under torch.distributed")
     if n_ranks > 1 and len(batches) < n_ranks: raise ValueError(f"{len(batches)} batches for {n_ranks} ranks: give every rank at least one")
     mods = linear_modules(model) if modules is None else (modules if isinstance(modules, dict) else linear_modules(model, modules))
+    if owners is not None:
+        lost = sorted(set(mods) - set(owners)); odd = {n: r for n, r in owners.items() if n in mods and not 0 <= r < n_ranks}
+        if lost: raise ValueError(f"owners name no rank for {lost[:3]}: give every layer an owner (kfac_owners)")
+        if odd: raise ValueError(f"owners {dict(list(odd.items())[:3])}: ranks are 0..{n_ranks - 1} in this group")
     dev = next(model.parameters()).device
     leaf = _SYM_LEAF.get(dev.type, 1 << 30)
     has_bias = {n: getattr(m, "bias", None) is not None for n, m in mods.items()}
@@ -153,9 +185,11 @@ def kfac_factors(model, batches: list[dict], modules: dict[str, nn.Module] | lis
     if n_ranks > 1:     # one process over all the batches = the sum of the ranks' sums
         if all_reduce_number(int(any(st["A"] is None or st["G"] is None for st in acc.values())), "max"):
             raise ValueError("a rank saw no target positions in its batches: give more batches, or sequences with targets")
-        all_reduce_sum_([st[k] for st in acc.values() for k in ("A", "G", "D") if st[k] is not None])
+        if owners is None: all_reduce_sum_([st[k] for st in acc.values() for k in ("A", "G", "D") if st[k] is not None])
+        else: _reduce_to_owners_(acc, owners, rank)
         total = all_reduce_number(next(iter(acc.values()))["n"])
         for st in acc.values(): st["n"] = total
+    if owners is not None: acc = {n: st for n, st in acc.items() if owners[n] == rank}
     out, done, masks = {}, {}, {}
     def full(C, scale):
         upper = masks.get(C.shape[0])

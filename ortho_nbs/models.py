@@ -15,8 +15,8 @@ from .provenance import _atomic_write
 # %% auto #0
 __all__ = ['PACKAGED_MODELS', 'MANIFEST', 'VERIFY_ENV', 'TINY_FAMILIES', 'LAYOUT_FAMILIES', 'set_seed', 'resolve_device',
            'cache_dir', 'file_sha256', 'CacheWarning', 'CacheError', 'write_manifest', 'entry_problem', 'cached_entry',
-           'packaged_gguf', 'verify_cache', 'save_model', 'causal_problem', 'load_model', 'tiny_tokenizer',
-           'tiny_model']
+           'packaged_gguf', 'verify_cache', 'save_model', 'causal_problem', 'load_model', 'model_problem',
+           'tiny_tokenizer', 'tiny_model']
 
 # %% ../nbs/00_models.ipynb #6f2280f3
 def set_seed(seed: int = 0) -> int:
@@ -428,6 +428,27 @@ def load_model(name_or_path: str | Path, device=None, dtype: torch.dtype = torch
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     model.ortho_source = source
     return model.to(dev).eval(), tok
+
+# %% ../nbs/00_models.ipynb #m0de1p02
+def model_problem(name_or_path: str | Path) -> str | None:
+    "None when `load_model` can load this model here without a download; else what is missing and what to give instead."
+    name = str(name_or_path); given = Path(name).expanduser()
+    if name in PACKAGED_MODELS:
+        try: packaged_gguf(name); return None
+        except Exception as e: return str(e)
+    if given.exists():
+        if not given.is_dir(): return f"{given.resolve()} is a file; give the model's directory (config.json and weights)"
+        try: _check_model_dir(given.resolve()); return None
+        except ValueError as e: return str(e)
+    if re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name):
+        from huggingface_hub import try_to_load_from_cache
+        if isinstance(try_to_load_from_cache(name, "config.json"), str): return None
+        return (f"{name!r} is neither a folder here nor in the local Hugging Face cache, and nothing downloads at run time: "
+                f"download it first (`hf download {name}`) or give the folder of its weights")
+    if "/" in name or os.sep in name or name.startswith(("~", ".")):
+        return f"no such directory: {given.resolve()} (model {name!r})"
+    try: _known(name)
+    except ValueError as e: return str(e)
 
 # %% ../nbs/00_models.ipynb #2e1e2638
 TINY_FAMILIES = ("llama", "gemma3", "qwen2", "gpt2")   # the families every module's tests run on

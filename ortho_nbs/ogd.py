@@ -19,7 +19,8 @@ from .kfac import (kronecker_eigenbasis, curvature_grid, project_delta, kfac_fac
 from .evaluation import generate, token_logprobs, kl_divergence
 from .data import load_data, extract_number
 from .models import cache_dir, cached_entry, _warn
-from .distributed import world, is_distributed, all_reduce_sum_, all_reduce_number
+from .distributed import (world, is_distributed, all_reduce_sum_, all_reduce_number, is_sharded, gather_shard, local_shard,
+                                   row_shard)
 
 # %% auto #0
 __all__ = ['SGEN_READINGS', 'CACHE_VERSION', 'canary_scores', 'secret_logprobs', 'exposure', 'extraction', 'mean_token_loss',
@@ -164,7 +165,23 @@ def sgen_projector(basis: dict, mask: torch.Tensor, dtype=torch.float32):
         ug, ua = UG.to(g), UA.to(g)
         C = (ug.T @ (g @ ua) if a_first else (ug.T @ g) @ ua) * M.to(g.device)
         return g - (ug @ (C @ ua.T) if b_first else (ug @ C) @ ua.T)
+    def on_rows(g: torch.Tensor, start: int) -> torch.Tensor:
+        """The same map for rows start..start+len(g) of the step, when each rank of a torch.distributed group holds some
+        of its rows (`fsdp_shard`): C = U_G^T g U_A is a sum over rows, so each rank adds its rows' share, one all-reduce
+        of the (i x j) C gives every rank the whole, and each subtracts its rows of U_G C U_A^T. Every rank must call it."""
+        if g.shape[1] != shape[1] or not 0 <= start <= start + g.shape[0] <= shape[0]:
+            raise ValueError(f"rows {start}..{start + g.shape[0]} of a {tuple(g.shape)} block do not fit the layer's (d_out, d_in) = {shape}")
+        ug, ua = UG[start:start + g.shape[0]].to(g), UA.to(g)
+        C = all_reduce_sum_([ug.T @ (g @ ua)])[0] * M.to(g.device)
+        return g - ug @ (C @ ua.T)
+    project.on_rows = on_rows
     return project
+
+class _ByLayer:
+    "`project(name, step)` for `attributed_finetune` from one `sgen_projector` per layer, with their `on_rows` for a rank's rows."
+    def __init__(self, projectors: dict): self.projectors = projectors
+    def __call__(self, name: str, step: torch.Tensor) -> torch.Tensor: return self.projectors[name](step)
+    def on_rows(self, name: str, step: torch.Tensor, start: int) -> torch.Tensor: return self.projectors[name].on_rows(step, start)
 
 # %% ../nbs/30_ogd.ipynb #9b6dfc45
 def _source_batch(tokenizer, source, idx: list[int], dev) -> dict:
@@ -179,6 +196,13 @@ def _block_of(model, modules: dict) -> dict:
     "The decoder block holding each of `modules` (None: outside every block)."
     where = {id(m): i for i, b in enumerate(decoder_layers(model)) for m in b.modules()}
     return {n: where.get(id(m)) for n, m in modules.items()}
+
+def _is_conv1d(m) -> bool: return type(m).__name__ == "Conv1D"
+
+def _lowest_block(model, modules: dict) -> int:
+    "The lowest decoder block holding one of `modules`: the blocks below it can be frozen (0 for a model under `fsdp_shard`)."
+    if any(is_sharded(m.weight) for m in modules.values()): return 0
+    return min((b or 0) for b in _block_of(model, modules).values())
 
 class _KeptStreams:
     """The stream entering block `first` for the rows of `rows`, computed `chunk` rows at a time (rows c*chunk..) the
@@ -220,6 +244,22 @@ def _data_parallel_grads(model, batch_of, idx: list[int], weights: list, dev, fi
     all_reduce_sum_([*gs, total])
     return total[0] / n, [g / n for g in gs]
 
+def _sharded_grads(model, batch_of, idx: list[int], weights: list) -> tuple[torch.Tensor, list]:
+    """(mean loss, this rank's shards of its gradients) over batch rows `idx` for a model under `fsdp_shard`: every rank
+    runs its rows idx[r::W] through the whole model (FSDP gathers each block's weights around it), and the backward's
+    reduce-scatter sums the gradients of the summed loss / the global token count onto their shards."""
+    rank, n_ranks = world(); mine = idx[rank::n_ranks]
+    if not mine: raise ValueError(f"a batch of {len(idx)} rows for {n_ranks} ranks: under fsdp_shard every rank needs rows; "
+                                  f"give batch_size >= {n_ranks}")
+    enc, _ = batch_of(mine)
+    n = all_reduce_number(int(target_mask(enc).sum()))
+    if n == 0: raise ValueError("no target positions in this step's batch (sequences of one token?)")
+    total = lm_loss(model, enc, "sum")
+    (total / n).backward()
+    gs = [w.grad.to_local() for w in weights]
+    for w in weights: w.grad = None
+    return torch.tensor(all_reduce_number(total.item()) / n), gs
+
 def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.Module], steps: int = 60,
                         lr: float = 1e-3, batch_size: int | dict[str, int] = 8, seed: int = 0, project: dict | None = None,
                         betas=(0.9, 0.999), eps: float = 1e-8, evaluate=None, eval_every: int = 0,
@@ -231,6 +271,11 @@ def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.M
     `evaluate(model)` -> {metric: number}, if given, runs at step 0, every `eval_every` steps and after the last.
     Under torch.distributed every rank passes the same sources and seed (so all draw the same batch indices), works on
     its share of each batch's rows and all-reduces the summed gradients: the same steps as one process, up to rounding.
+    With a model under `fsdp_shard` (06_distributed) the weights, their gradients, the Adam moments and the per-source
+    shares stay sharded: each rank updates its rows of each weight; a `project` step is projected on the rank's rows when
+    the projection offers `on_rows` (`sgen_projector`: one all-reduce of an i x j matrix), else gathered, projected and
+    cut back to the rank's rows (one all-gather of the layer's step); both exact. Nothing is frozen (`frozen_below` must be 0) and the
+    returned deltas are gathered, whole, on every rank.
     `frozen_below`: no module lies below this block, so each source's rows enter it from streams computed once
     (`prefix_states`; texts are then padded to the longest text of their source) and `evaluate` replays them
     (`frozen_prefix`); `prefix_store`: a dict that keeps those streams across calls on the same model.
@@ -244,6 +289,8 @@ def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.M
         raise ValueError(f"batch_size {batch_size!r}: give one size >= 1, or one per source {sorted(sources)}")
     if eval_every < 0: raise ValueError(f"eval_every={eval_every}: give 0 (no evaluation along the way) or a number of steps")
     gen, dev, first = torch.Generator().manual_seed(seed), next(model.parameters()).device, int(frozen_below)
+    sharded = any(is_sharded(m.weight) for m in modules.values())
+    if sharded and first: raise ValueError(f"frozen_below={first}: a model under fsdp_shard runs every block; give frozen_below=0")
     if first:
         low = sorted(n for n, b in _block_of(model, modules).items() if b is None or b < first)
         if low: raise ValueError(f"frozen_below={first}: {', '.join(low[:4])} lie below block {first} or outside the decoder "
@@ -255,7 +302,8 @@ def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.M
         if not first: return _source_batch(tokenizer, sources[s], idx, dev), None
         return {k: v[idx] for k, v in rows[s].items()}, kept[s][idx]
     eval_store = {} if prefix_store is None else prefix_store
-    W = {n: layer_weight(m) for n, m in modules.items()}                     # (d_out, d_in) views of the weights
+    dt = {n: layer_weight(m) for n, m in modules.items()}                    # (d_out, d_in) views (sharded: DTensors)
+    W = {n: (w.to_local() if sharded else w) for n, w in dt.items()}          # what this rank updates: all, or its rows
     base = {n: w.detach().clone() for n, w in W.items()}
     mom = {s: {n: torch.zeros_like(w) for n, w in W.items()} for s in sources}
     parts = {s: {n: torch.zeros_like(w) for n, w in W.items()} for s in sources}
@@ -273,12 +321,13 @@ def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.M
             grads = {}
             for s, data in sources.items():
                 idx = torch.randperm(len(data), generator=gen)[:bs[s]].tolist(); seen[s].update(idx)
-                if is_distributed(): loss, gs = _data_parallel_grads(model, lambda r: batch_of(s, r), idx, weights, dev, first)
+                if sharded: loss, gs = _sharded_grads(model, lambda r: batch_of(s, r), idx, weights)
+                elif is_distributed(): loss, gs = _data_parallel_grads(model, lambda r: batch_of(s, r), idx, weights, dev, first)
                 else:
                     enc, states = batch_of(s, idx)
                     loss = _step_loss(model, enc, first, states)
                     gs = torch.autograd.grad(loss, weights)
-                gs = {n: (g.T if g.shape != W[n].shape else g) for n, g in zip(modules, gs)}
+                gs = {n: (g.T if _is_conv1d(modules[n]) else g) for n, g in zip(modules, gs)}   # Conv1D stores (d_in, d_out)
                 if not all(torch.isfinite(g).all() for g in gs.values()):
                     raise FloatingPointError(f"non-finite gradient at step {t} ({s}): lower lr={lr}")
                 grads[s] = gs; losses[s].append(loss.item())
@@ -290,12 +339,17 @@ def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.M
                         denom = (v[s][n] / (1 - b2 ** t)).sqrt_().add_(eps)
                         mom[s][n].mul_(b1).add_(g, alpha=1 - b1)
                         upd = mom[s][n] / (1 - b1 ** t) / denom * -lr
-                        if project and s in project: upd = project[s](n, upd)
+                        if project and s in project:
+                            if not sharded: upd = project[s](n, upd)
+                            elif (first_row := row_shard(dt[n])) is not None and hasattr(project[s], "on_rows"):
+                                upd = project[s].on_rows(n, upd, first_row)          # the rank's rows, one small all-reduce
+                            else: upd = local_shard(project[s](n, gather_shard(upd, dt[n])), dt[n])   # gathered, projected, cut
                         parts[s][n] += upd; w += upd
             bar.set_postfix({s: f"{l[-1]:.2f}" for s, l in losses.items()})
             with torch.no_grad(): record(t)
-    return dict(delta={n: W[n].detach() - base[n] for n in W}, parts=parts, losses=losses, curve=curve,
-                seen={s: sorted(i) for s, i in seen.items()})
+    whole = (lambda n, x: gather_shard(x, dt[n])) if sharded else (lambda n, x: x)
+    return dict(delta={n: whole(n, W[n].detach() - base[n]) for n in W}, parts={s: {n: whole(n, x) for n, x in p.items()} for s, p in parts.items()},
+                losses=losses, curve=curve, seen={s: sorted(i) for s, i in seen.items()})
 
 # %% ../nbs/30_ogd.ipynb #5eb64d25
 def svd_split(dW: torch.Tensor, energy: float = 0.9) -> dict:
@@ -426,7 +480,7 @@ def libortho_finetunes(model, tokenizer, private: list[str], public, factor_batc
     if set(factors) != set(modules): raise ValueError(f"factors cover {sorted(set(factors) ^ set(modules))[:3]} differently from the modules")
     bases = {n: kronecker_eigenbasis(f["A"], f["G"]) for n, f in factors.items()}
     masks = {n: flat_subspace_mask(b, gen_fraction) for n, b in bases.items()}
-    if frozen_below is None: frozen_below = min((b or 0) for b in _block_of(model, modules).values())
+    if frozen_below is None: frozen_below = _lowest_block(model, modules)
 
     def finetune_both() -> dict:
         b32 = {n: dict(U_G=b["U_G"].float(), U_A=b["U_A"].float()) for n, b in bases.items()}
@@ -484,10 +538,9 @@ def libortho_v2(model, tokenizer, data: dict, factors: dict, modules: dict[str, 
     ks = {n: int(k[n] if isinstance(k, dict) else k) for n in modules}
     bases = bases or {n: kronecker_eigenbasis(f["A"], f["G"]) for n, f in factors.items()}
     masks = {n: sgen_mask(bases[n], ks[n], reading) for n in modules}
-    if frozen_below is None: frozen_below = min((b or 0) for b in _block_of(model, modules).values())
+    if frozen_below is None: frozen_below = _lowest_block(model, modules)
     def compute():
-        projectors = {n: sgen_projector(bases[n], masks[n]) for n in modules}
-        project = lambda n, step: projectors[n](step)
+        project = _ByLayer({n: sgen_projector(bases[n], masks[n]) for n in modules})
         base = {n: layer_weight(m).detach().clone() for n, m in modules.items()}
         with with_deltas(modules, base, None):
             r = attributed_finetune(model, tokenizer, data, modules, steps, lr, batch_size, seed, {s: project for s in data},

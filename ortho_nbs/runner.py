@@ -9,12 +9,13 @@ from pathlib import Path
 import os
 from .provenance import (project_root, parameters_cell, parameter_ranges, range_problem, git_commit, OVERRIDES_ENV,
                                    STAGE_ENV, DEFAULT_REL, tolerance, within, format_tolerance, portable, new_run_dir, _atomic_write)
+from .models import model_problem
 
 # %% auto #0
-__all__ = ['RUN_PARAMS', 'MARKER', 'EXAMPLES', 'README_BLOCKS', 'notebooks', 'load_profiles', 'notebook_parameters',
-           'parse_overrides', 'resolve_overrides', 'plan', 'NotebookFailed', 'claims_summary', 'reproduce',
-           'compare_results', 'validate_results', 'check_results', 'format_check', 'writes_results', 'reproduce_check',
-           'main', 'results_overview', 'update_readme']
+__all__ = ['RUN_PARAMS', 'MODEL_PARAMS', 'MARKER', 'EXAMPLES', 'README_BLOCKS', 'notebooks', 'load_profiles',
+           'notebook_parameters', 'parse_overrides', 'resolve_overrides', 'plan', 'NotebookFailed', 'claims_summary',
+           'reproduce', 'compare_results', 'validate_results', 'check_results', 'format_check', 'writes_results',
+           'reproduce_check', 'main', 'results_overview', 'update_readme']
 
 # %% ../nbs/05_runner.ipynb #f978290c
 RUN_PARAMS = ("profile", "out_dir")   # injected by the runner into every notebook
@@ -115,6 +116,8 @@ def resolve_overrides(selected: list[Path], overrides: dict | None, all_nbs: lis
     return out
 
 # %% ../nbs/05_runner.ipynb #243320e7
+MODEL_PARAMS = ("model_name", "source_name", "target_name")   # parameters that name a model (checked by `plan`)
+
 def plan(profile: str = "paper", only: list[str] | None = None, root: str | Path | None = None,
          overrides: dict | None = None) -> list[tuple[Path, dict]]:
     "The (notebook, parameters) pairs a run would execute; refuses unknown profiles, notebooks and parameters, and values out of range."
@@ -144,6 +147,12 @@ def plan(profile: str = "paper", only: list[str] | None = None, root: str | Path
                        f"settings.ini [{profile}] {p.stem if name in given else '*'}.{name} = {final[name]!r}" if name in params else
                        f"{p.name}: its default {name} = {final[name]!r}")
                 raise ValueError(f"{src}: out of range ({why}); {p.stem} declares {name}: {spec} (in its parameters cell)")
+        for name in MODEL_PARAMS:      # the models, present here: refused now rather than after the notebooks before
+            if name in final and (why := model_problem(final[name])):
+                src = (f"-p {p.stem}.{name} {final[name]!r}" if name in ov[p.stem] else
+                       f"settings.ini [{profile}] {p.stem if name in given else '*'}.{name} = {final[name]!r}" if name in params else
+                       f"{p.name}: its default {name} = {final[name]!r}")
+                raise ValueError(f"{src}: {why} (-p {p.stem}.{name} /path/to/model)")
     return out
 
 # %% ../nbs/05_runner.ipynb #c1db2db1

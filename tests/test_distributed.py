@@ -39,6 +39,41 @@ def test_two_processes_take_the_same_finetune_steps(agreement):
     assert (two["runs"]["ogd"]["parts"]["private"][n] - two["runs"]["plain"]["parts"]["private"][n]).abs().max() > 0
 
 
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    "FSDP2 fine-tunes and K-FAC layers owned by ranks (issue #39), two CPU processes against one."
+    out = tmp_path_factory.mktemp("fsdp")
+    r = subprocess.run([sys.executable, str(SCRIPT), "--model", "tiny", "--out", str(out), "--sharding", "fsdp", "--shard-kfac",
+                        "--compare", "2"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return json.loads((out / "agreement.json").read_text()), out
+
+
+def test_fsdp_finetunes_equal_one_process_with_the_weights_split(sharded):
+    res, out = sharded
+    assert res["fsdp_world_size"] == 2 and res["fsdp_max_rel_diff"] <= 1e-4 and res["fsdp_max_loss_diff"] <= 1e-5
+    assert res["fsdp_alg1_rel_diff"] <= 1e-4       # Algorithm 1's projection on each rank's rows (sgen_projector.on_rows)
+    # rank 0 held about half of every parameter (rows split ceil(d/2) / floor(d/2)), not a whole copy
+    assert 0.45 <= res["fsdp_rank0_parameter_share"] <= 0.55
+    two = torch.load(out / "w2.pt")
+    n = next(iter(two["runs"]["ogd"]["delta"]))
+    assert two["runs"]["ogd"]["delta"][n].shape == torch.load(out / "w1.pt")["runs"]["ogd"]["delta"][n].shape   # gathered whole
+    for label in ("ogd", "alg1"):     # both projections ran under FSDP
+        assert (two["runs"][label]["parts"]["private"][n] - two["runs"]["plain"]["parts"]["private"][n]).abs().max() > 0
+
+
+def test_kfac_layers_owned_by_ranks_equal_one_process(sharded):
+    res, out = sharded
+    assert res["kfac_sharded_world_size"] == 2 and res["kfac_sharded_layers"] == 28
+    assert 0 < res["kfac_sharded_owned_by_rank0"] < 28          # both ranks own layers
+    assert res["kfac_sharded_factor_rel_diff"] <= 1e-5 and res["kfac_sharded_eigenvalue_rel_diff"] <= 1e-5
+    owners = torch.load(out / "w2.pt")["sharded_kfac"]["owners"]
+    from ortho_nbs.kfac import kfac_owners
+    from ortho_nbs.models import tiny_model
+    from ortho_nbs.training import linear_modules
+    assert owners == kfac_owners(linear_modules(tiny_model()), 2)   # the owners every rank computes by itself
+
+
 def test_one_process_is_a_no_op():
     assert world() == (0, 1) and init_distributed() == (0, 1)
     t = torch.arange(3.0); assert all_reduce_sum_([t])[0] is t and t.tolist() == [0.0, 1.0, 2.0]

@@ -4,8 +4,23 @@ from ortho_nbs.runner import plan, load_profiles, main, notebooks
 from ortho_nbs.provenance import project_root
 
 
+# the paper-scale profile names the papers' models, which are not on this machine: planned with packaged stand-ins
+STAND_INS = {"model_name": "smollm2-135m-instruct", "source_name": "smollm2-135m-instruct", "target_name": "gemma-3-270m"}
+def _overrides(prof): return STAND_INS if prof == "paper-scale" else None
+
+
 def test_profiles_cover_every_notebook_parameter_they_set():
-    for prof in load_profiles(): assert plan(prof)        # every key names a declared parameter
+    for prof in load_profiles(): assert plan(prof, overrides=_overrides(prof))   # every key names a declared parameter
+
+
+def test_paper_scale_refuses_models_that_are_not_here_before_work():
+    with pytest.raises(ValueError, match=r"settings.ini \[paper-scale\] 30_ogd.model_name = .*nothing downloads at run time"
+                                         r".*-p 30_ogd.model_name /path/to/model"):
+        plan("paper-scale", only=["30_ogd"])
+    assert main(["reproduce", "--profile", "paper-scale", "--only", "40_transfer"]) == 2
+    steps = dict((p.stem, pars) for p, pars in plan("paper-scale", overrides=STAND_INS))
+    assert steps["30_ogd"]["n_canaries"] == 1000 and steps["40_transfer"]["target_layers"] == [12, 21, 30]
+    with pytest.raises(ValueError, match="no such directory"): plan("paper", only=["20_kfac"], overrides={"model_name": "./no/such/model"})
 
 
 def test_every_notebook_declares_run_parameters():
@@ -138,6 +153,7 @@ def test_31_lmc_interpolates_30_ogds_first_fine_tune():
     shared = ["model_name", "seed", "n_canaries", "public_path", "train_layers", "train_kinds", "steps", "lr", "public_batch",
               "canary_batch", "seq_len", "domain_sequences", "eval_every", "factor_sequences", "gen_fraction", "svd_energy"]
     for prof in load_profiles():
-        (a, pa), = plan(prof, only=["30_ogd"]); (b, pb), = plan(prof, only=["31_lmc"])
+        ov = {"model_name": STAND_INS["model_name"]} if prof == "paper-scale" else None
+        (a, pa), = plan(prof, only=["30_ogd"], overrides=ov); (b, pb), = plan(prof, only=["31_lmc"], overrides=ov)
         pa, pb = notebook_parameters(a) | pa, notebook_parameters(b) | pb
         assert {k: pa[k] for k in shared} == {k: pb[k] for k in shared}, prof

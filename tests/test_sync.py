@@ -1,5 +1,5 @@
 "The notebooks are the source: the library, the cleaned notebooks and environment.yml must agree with them."
-import re, shutil, subprocess, sys, tomllib
+import re, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 from ortho_nbs.provenance import project_root
@@ -42,14 +42,6 @@ def test_parameters_tag_survives_clean():
 
 
 def _name(req): return re.split(r"[<>=!~ \[]", req.strip(), 1)[0].lower()
-
-
-def test_environment_yml_matches_pyproject():
-    proj = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    want = set(proj["dependencies"]) | {r for extra in proj["optional-dependencies"].values() for r in extra}
-    text = (ROOT / "environment.yml").read_text()
-    have = {l.strip() for l in re.findall(r"^ {6}- (\S.*)$", text, re.M) if not l.startswith("-e")}
-    assert want == have, f"pyproject only: {sorted(want - have)}; environment.yml only: {sorted(have - want)}"
 
 
 def test_papermill_parses_every_parameter():
