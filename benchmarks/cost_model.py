@@ -1,4 +1,4 @@
-"""The cost model of `nbs/08_costs.ipynb`, measured outside the notebook (issue #39, item 3).
+"""The cost model of `nbs/50_costs.ipynb`, measured outside the notebook (issue #39, item 3).
 
     .venv/bin/python benchmarks/cost_model.py [--ladder paper|smoke] [--archs llama gemma3] [--repeats 3] [--threads 1]
     .venv/bin/python benchmarks/cost_model.py --from benchmarks/cost_model.json   # refit and rewrite, no measuring

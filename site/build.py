@@ -34,6 +34,7 @@ NAV_GROUPS = [
     ("Paper 1: targeted ablation", ["papers/1_targeted_ablation", "10_ablation"]),
     ("Paper 2: LibOrtho v2.0", ["papers/2_libortho", "20_kfac", "21_spectra", "30_ogd", "31_lmc"]),
     ("Paper 3: representation transfer", ["papers/3_representation_transfer", "40_transfer"]),
+    ("At the papers' scale", ["50_costs"]),
 ]
 LAST = ["cli"]   # plumbing: kept, but at the end of the navigation
 PAPERS = {"1": "Non-gradient targeted ablation", "2": "LibOrtho v2.0", "3": "Linear Representation Transferability"}

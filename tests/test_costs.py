@@ -1,4 +1,4 @@
-"The cost model (`08_costs`): closed-form work against hand counts, the fit on exact synthetic data, refusals. No timings."
+"The cost model (`50_costs`): closed-form work against hand counts, the fit on exact synthetic data, refusals. No timings."
 import math
 import pytest
 import torch

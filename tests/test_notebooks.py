@@ -30,8 +30,8 @@ def test_library_notebooks_pass_their_checks(stem, run_notebook):
     run_notebook(stem)    # raises NotebookFailed if any of the notebook's own checks fails
 
 
-def test_08_costs(run_notebook, smoke_dir):
-    r = run_notebook("08_costs")
+def test_50_costs(run_notebook, smoke_dir):
+    r = run_notebook("50_costs")
     m = r["metrics"]
     assert m["n_sizes_fitted"] == 3 and m["n_measurements"] == 4 * 7      # 3 fitted sizes + 1 held out, 7 stages each
     assert [(c["id"], c["kind"]) for c in r["claims"]] == [("heldout_time", "check"), ("heldout_memory", "check")]
@@ -39,7 +39,7 @@ def test_08_costs(run_notebook, smoke_dir):
     # one 80 GB GPU, and FSDP2 over 8 divides the sharded part by 8 (one gathered block added)
     one, eight = m["paper_LLaMA_7B_finetune_step_h100x1_gib"], m["paper_LLaMA_7B_finetune_step_h100x8_gib"]
     assert one > 80 and one / 8 < eight < one / 4
-    assert (smoke_dir / "figures" / "08_cost_model.png").exists()
+    assert (smoke_dir / "figures" / "50_cost_model.png").exists()
 
 
 # 03_evaluation runs (once) in tests/test_check.py, as the notebook that `reproduce --check` re-runs.
