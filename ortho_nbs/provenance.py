@@ -13,10 +13,10 @@ import torch
 # %% auto #0
 __all__ = ['PACKAGES', 'KINDS', 'VERDICTS', 'NEGATIVE', 'DIAGNOSES', 'CI_SUFFIXES', 'VERDICT_COLOURS', 'DEFAULT_REL',
            'OVERRIDES_ENV', 'STAGE_ENV', 'project_root', 'git_commit', 'package_versions', 'cpu_model',
-           'peak_memory_mb', 'parameters_cell', 'parse_range', 'parameter_ranges', 'range_problem', 'portable_path',
-           'portable', 'check_metrics', 'Rule', 'ClaimsTable', 'render', 'amendment', 'Claim', 'Claims', 'declare',
-           'validate_claims', 'counts_as_evidence', 'tolerance', 'default_tolerance', 'resolve_tolerances', 'within',
-           'format_tolerance', 'new_run_dir', 'run_overrides', 'Run']
+           'peak_memory_mb', 'parameters_cell', 'parse_range', 'parameter_ranges', 'parameter_layers', 'layer_problem',
+           'range_problem', 'portable_path', 'portable', 'check_metrics', 'Rule', 'ClaimsTable', 'render', 'amendment',
+           'Claim', 'Claims', 'declare', 'validate_claims', 'counts_as_evidence', 'tolerance', 'default_tolerance',
+           'resolve_tolerances', 'within', 'format_tolerance', 'new_run_dir', 'run_overrides', 'Run']
 
 # %% ../nbs/04_provenance.ipynb #7d005324
 PACKAGES = ("torch", "transformers", "gguf", "safetensors", "numpy", "pandas", "matplotlib", "papermill", "nbdev", "ortho-nbs")
@@ -77,6 +77,7 @@ def parameters_cell(path: str | Path) -> dict:
 
 # %% ../nbs/04_provenance.ipynb #c1a1d0c2
 _RANGE = re.compile(r"(?:^#|;)\s*range:\s*([^;#]*)")   # at the comment's start, or after a `;`
+_LAYER_OF = re.compile(r"(?:^#|;)\s*layer of:\s*(\w+)")    # `; layer of: model_name`: the value names blocks of that model
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _INTERVAL = re.compile(rf"\s*([\[(])\s*({_NUM}|-inf)\s*,\s*({_NUM}|\+?inf)\s*([\])])\s*$")
 _BOUND = re.compile(rf"\s*(>=|<=|!=|>|<|≥|≤)\s*({_NUM})\s*$")
@@ -98,22 +99,40 @@ def parse_range(spec: str) -> list[tuple[str, float]]:
         out.append(({"≥": ">=", "≤": "<="}.get(m.group(1), m.group(1)), float(m.group(2))))
     return out
 
-def parameter_ranges(path: str | Path) -> dict[str, str]:
-    "{name: range} from the `# ...; range: <bounds>` comments of a notebook's parameters cell (each checked by `parse_range`)."
+def _parameter_comments(path: str | Path) -> dict[str, list[str]]:
+    "{name: the comments on its lines} of a notebook's parameters cell."
     nb = json.loads(Path(path).read_text())
     cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
     src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
     comments = {t.start[0]: t.string for t in tokenize.generate_tokens(io.StringIO(src).readline) if t.type == tokenize.COMMENT}
+    return {node.targets[0].id: [comments[l] for l in range(node.lineno, node.end_lineno + 1) if l in comments]
+            for node in ast.parse(src).body
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)}
+
+def parameter_ranges(path: str | Path) -> dict[str, str]:
+    "{name: range} from the `# ...; range: <bounds>` comments of a notebook's parameters cell (each checked by `parse_range`)."
     out = {}
-    for node in ast.parse(src).body:
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)): continue
-        for line in range(node.lineno, node.end_lineno + 1):
-            m = _RANGE.search(comments.get(line, ""))
-            if m:
-                try: parse_range(m.group(1))
-                except ValueError as e: raise ValueError(f"{Path(path).name}, parameters cell, {node.targets[0].id}: {e}") from None
-                out[node.targets[0].id] = m.group(1).strip()
+    for name, comments in _parameter_comments(path).items():
+        for m in filter(None, (_RANGE.search(c) for c in comments)):
+            try: parse_range(m.group(1))
+            except ValueError as e: raise ValueError(f"{Path(path).name}, parameters cell, {name}: {e}") from None
+            out[name] = m.group(1).strip()
     return out
+
+def parameter_layers(path: str | Path) -> dict[str, str]:
+    """{name: model parameter} from `# ...; layer of: <model parameter>` comments: the value names decoder blocks of the
+    model that parameter names (a block index, a list of them, or '<index>.<module path>'), checked by `layer_problem`."""
+    return {name: m.group(1) for name, comments in _parameter_comments(path).items()
+            for m in filter(None, (_LAYER_OF.search(c) for c in comments))}
+
+def layer_problem(value, n_layers: int) -> str | None:
+    "None when every block `value` names is one of 0..n_layers-1 (None names none), else which is not."
+    for v in (value if isinstance(value, (list, tuple)) else [] if value is None else [value]):
+        head = v.split(".")[0] if isinstance(v, str) else v
+        i = int(head) if isinstance(head, str) and head.isdigit() else head
+        if isinstance(i, bool) or not isinstance(i, int): return f"{v!r} names no block (give an index, or '<index>.<module>')"
+        if not 0 <= i < n_layers: return f"block {i} does not exist (the model has blocks 0..{n_layers - 1})"
+    return None
 
 def range_problem(value, spec: str) -> str | None:
     "None when `value` (a number, or every number of a list) meets each bound of `spec`, else what is wrong with it."

@@ -9,7 +9,8 @@ from pathlib import Path
 import os
 from .provenance import (project_root, parameters_cell, parameter_ranges, range_problem, git_commit, OVERRIDES_ENV,
                                    STAGE_ENV, DEFAULT_REL, tolerance, within, format_tolerance, portable, new_run_dir, _atomic_write)
-from .models import model_problem
+from .models import model_problem, model_depth
+from .provenance import parameter_layers, layer_problem
 
 # %% auto #0
 __all__ = ['RUN_PARAMS', 'MODEL_PARAMS', 'MARKER', 'EXAMPLES', 'README_BLOCKS', 'notebooks', 'load_profiles',
@@ -153,6 +154,13 @@ def plan(profile: str = "paper", only: list[str] | None = None, root: str | Path
                        f"settings.ini [{profile}] {p.stem if name in given else '*'}.{name} = {final[name]!r}" if name in params else
                        f"{p.name}: its default {name} = {final[name]!r}")
                 raise ValueError(f"{src}: {why} (-p {p.stem}.{name} /path/to/model)")
+        for name, model_param in parameter_layers(p).items():   # blocks that the model they index has (config only)
+            n = model_depth(final[model_param]) if final.get(model_param) is not None else None
+            if n is not None and (why := layer_problem(final.get(name), n)):
+                src = (f"-p {p.stem}.{name} {final[name]!r}" if name in ov[p.stem] else
+                       f"settings.ini [{profile}] {p.stem if name in given else '*'}.{name} = {final[name]!r}" if name in params else
+                       f"{p.name}: its default {name} = {final[name]!r}")
+                raise ValueError(f"{src}: {why} in {model_param} = {final[model_param]!r}; give -p {p.stem}.{name} with blocks of that model")
     return out
 
 # %% ../nbs/05_runner.ipynb #c1db2db1

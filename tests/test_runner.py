@@ -4,8 +4,17 @@ from ortho_nbs.runner import plan, load_profiles, main, notebooks
 from ortho_nbs.provenance import project_root
 
 
-# the paper-scale profile names the papers' models, which are not on this machine: planned with packaged stand-ins
-STAND_INS = {"model_name": "smollm2-135m-instruct", "source_name": "smollm2-135m-instruct", "target_name": "gemma-3-270m"}
+# the paper-scale profile names the papers' models, which are not on this machine: planned with a stand-in folder whose
+# config has 48 blocks (plan reads configs only; the papers' models have 32 to 42), made once per test session
+def _stand_in() -> str:
+    import json, tempfile
+    d = Path(tempfile.gettempdir()) / "ortho-nbs-stand-in-48"
+    d.mkdir(exist_ok=True)
+    (d / "config.json").write_text(json.dumps(dict(model_type="llama", num_hidden_layers=48)))
+    (d / "model.safetensors").touch()
+    return str(d)
+
+STAND_INS = {k: _stand_in() for k in ("model_name", "source_name", "target_name")}
 def _overrides(prof): return STAND_INS if prof == "paper-scale" else None
 
 
@@ -21,6 +30,18 @@ def test_paper_scale_refuses_models_that_are_not_here_before_work():
     steps = dict((p.stem, pars) for p, pars in plan("paper-scale", overrides=STAND_INS))
     assert steps["30_ogd"]["n_canaries"] == 1000 and steps["40_transfer"]["target_layers"] == [12, 21, 30]
     with pytest.raises(ValueError, match="no such directory"): plan("paper", only=["20_kfac"], overrides={"model_name": "./no/such/model"})
+    # its layer choices are LLaMA-7B's (32 blocks): SmolLM2's 30 do not have them, refused before any work
+    with pytest.raises(ValueError, match=r"settings.ini \[paper-scale\] 20_kfac.finetune_layers = \[28, 29, 30, 31\]: block 30 does not "
+                                         r"exist \(the model has blocks 0..29\) in model_name = 'smollm2-135m-instruct'"):
+        plan("paper-scale", only=["20_kfac"], overrides={"model_name": "smollm2-135m-instruct"})
+
+
+def test_layers_the_model_does_not_have_are_refused_before_work():
+    with pytest.raises(ValueError, match=r"-p 30_ogd.train_layers \[16, 40\]: block 40 does not exist \(the model has blocks 0..29\)"):
+        plan("paper", only=["30_ogd"], overrides={"train_layers": [16, 40]})
+    with pytest.raises(ValueError, match=r"block 18 does not exist .* in target_name = 'gemma-3-270m'"):
+        plan("smoke", only=["40_transfer"], overrides={"target_layers": [18]})
+    assert plan("paper", only=["21_spectra"], overrides={"block": "29.mlp.down_proj"})     # the last block is fine
 
 
 def test_every_notebook_declares_run_parameters():
