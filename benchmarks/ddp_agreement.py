@@ -29,28 +29,16 @@ to rank 0 afterwards only to be compared with one process:
     python benchmarks/ddp_agreement.py --model smollm2-135m-instruct --out /tmp/fsdp --sharding fsdp --shard-kfac --compare 2
 """
 from __future__ import annotations
-import argparse, ctypes, json, os, shutil, subprocess, sys, threading, time
+import argparse, json, os, shutil, subprocess, sys, time
 from pathlib import Path
 import torch
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f: return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
 def peak_rss_mb(fn):
-    "(fn(), peak process RSS above the RSS at the start, in MB), RSS sampled every millisecond by a thread."
-    import gc
-    gc.collect()
-    try: ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError: pass
-    base, peak, stop = _rss_mb(), [0.0], threading.Event()
-    def watch():
-        while not stop.is_set(): peak[0] = max(peak[0], _rss_mb()); time.sleep(0.001)
-    t = threading.Thread(target=watch, daemon=True); t.start()
-    try: out = fn()
-    finally: stop.set(); t.join()
-    return out, max(peak[0], _rss_mb()) - base
+    "(fn(), peak process RSS above the start, in MB): `ortho_nbs.costs.peak_memory` on the CPU."
+    from ortho_nbs.costs import peak_memory
+    out, _, peak = peak_memory(fn, "cpu")
+    return out, peak / 2 ** 20
 
 
 def kfac_stage(model, batches, owners, seed):

@@ -41,28 +41,12 @@ def interleaved(fns: dict, repeat=3):
     return {k: statistics.median(v) for k, v in ts.items()}, ts
 
 
-def _rss_mb():
-    with open("/proc/self/statm") as f: return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
 def peak_mb(fn, device):
-    """(result of fn(), peak memory above what was in use before the call, in MB): CUDA allocator peak on a GPU, else the
-    process RSS sampled every millisecond by a thread (what fn returns, e.g. the factors, counts in)."""
-    import threading, gc
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(); base = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
-        out = fn(); torch.cuda.synchronize()
-        return out, (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    try: __import__("ctypes").CDLL("libc.so.6").malloc_trim(0)   # hand freed heap back, so the base is what is in use
-    except OSError: pass
-    base, peak, stop = _rss_mb(), [0.0], threading.Event()
-    def watch():
-        while not stop.is_set(): peak[0] = max(peak[0], _rss_mb()); time.sleep(0.001)
-    th = threading.Thread(target=watch, daemon=True); th.start()
-    try: out = fn()
-    finally: stop.set(); th.join()
-    return out, max(peak[0], _rss_mb()) - base
+    """(result of fn(), peak memory above what was in use before the call, in MB): `ortho_nbs.costs.peak_memory`, the
+    CUDA allocator peak on a GPU, else the process RSS sampled every millisecond (what fn returns counts in)."""
+    from ortho_nbs.costs import peak_memory
+    out, _, peak = peak_memory(fn, device)
+    return out, peak / 2 ** 20
 
 
 def _curvlinops_kfac(model, mods, batches):

@@ -11,8 +11,8 @@ from .distributed import owners_by_cost
 
 # %% auto #0
 __all__ = ['STAGES', 'ARCHS', 'MMAP_THRESHOLD', 'LADDERS', 'H100', 'PAPER_WORKLOADS', 'model_shape', 'paper_configs',
-           'forward_flops', 'stage_work', 'fit_costs', 'balance', 'predict_costs', 'measure_stages', 'measure_stage',
-           'ladder_jobs', 'heldout_errors', 'paper_scale_table']
+           'forward_flops', 'stage_work', 'fit_costs', 'balance', 'predict_costs', 'peak_memory', 'measure_stages',
+           'measure_stage', 'ladder_jobs', 'heldout_errors', 'paper_scale_table']
 
 # %% ../nbs/50_costs.ipynb #cda41b46
 STAGES = ("capture", "kfac_accumulation", "kfac_eigendecomposition", "finetune_step", "ogd_projection", "generation", "affine_fit")
@@ -246,21 +246,23 @@ def _config(arch: str, config: dict):
 def _rss() -> float:
     with open("/proc/self/statm") as f: return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-def _peak_bytes(fn, device: str) -> tuple[float, float]:
-    "(seconds, peak bytes above the start) of one call of `fn`: CUDA allocator peak, else process RSS sampled every ms."
+def peak_memory(fn, device="cpu") -> tuple:
+    """(fn(), seconds, peak bytes above the start) of one call of `fn`: the CUDA allocator's peak on a GPU, else the process
+    RSS sampled every millisecond by a thread (freed heap handed back first, so the start is what is in use). What `fn`
+    returns counts in. The benchmarks measure with it too."""
     gc.collect()
-    if device.startswith("cuda"):
+    if str(device).startswith("cuda"):
         torch.cuda.synchronize(); base = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter(); fn(); torch.cuda.synchronize()
-        return time.perf_counter() - t0, float(torch.cuda.max_memory_allocated() - base)
+        t0 = time.perf_counter(); out = fn(); torch.cuda.synchronize()
+        return out, time.perf_counter() - t0, float(torch.cuda.max_memory_allocated() - base)
     with contextlib.suppress(OSError): ctypes.CDLL("libc.so.6").malloc_trim(0)
     base, peak, stop = _rss(), [0], threading.Event()
     def watch():
         while not stop.is_set(): peak[0] = max(peak[0], _rss()); time.sleep(0.001)
     th = threading.Thread(target=watch, daemon=True); th.start()
-    try: t0 = time.perf_counter(); fn(); t = time.perf_counter() - t0
+    try: t0 = time.perf_counter(); out = fn(); t = time.perf_counter() - t0
     finally: stop.set(); th.join()
-    return t, float(max(peak[0], _rss()) - base)
+    return out, t, float(max(peak[0], _rss()) - base)
 
 def _text(n: int, gen) -> str:
     return "".join(chr(int(c)) for c in torch.randint(97, 123, (n,), generator=gen))    # one token a character
@@ -333,7 +335,7 @@ def _linear_algebra_fn(st: str, z: dict, shapes: list[tuple], gen, dev):
 
 def _run_job(job: dict) -> dict:
     "One cold call of the stage in this (fresh) process: its time and peak memory."
-    t, peak = _peak_bytes(_stage_fn(job), job.get("device", "cpu"))
+    _, t, peak = peak_memory(_stage_fn(job), job.get("device", "cpu"))
     return dict(time_s=t, peak_bytes=peak)
 
 def _worker():

@@ -15,8 +15,8 @@ from .provenance import _atomic_write
 # %% auto #0
 __all__ = ['PACKAGED_MODELS', 'MANIFEST', 'VERIFY_ENV', 'TINY_FAMILIES', 'LAYOUT_FAMILIES', 'set_seed', 'resolve_device',
            'cache_dir', 'file_sha256', 'CacheWarning', 'CacheError', 'write_manifest', 'entry_problem', 'cached_entry',
-           'packaged_gguf', 'verify_cache', 'save_model', 'causal_problem', 'load_model', 'model_problem',
-           'model_depth', 'tiny_tokenizer', 'tiny_model']
+           'packaged_gguf', 'verify_cache', 'save_model', 'model_problem', 'model_depth', 'causal_problem',
+           'load_model', 'tiny_tokenizer', 'tiny_model']
 
 # %% ../nbs/00_models.ipynb #6f2280f3
 def set_seed(seed: int = 0) -> int:
@@ -368,6 +368,47 @@ def _cached_packaged(name: str, progress: bool = True) -> tuple[Path, str, Path]
         _dequantise(name, gguf, sha, tmp)
     return cached_entry(folder, build, source=str(gguf), adopt=_complete_model_dir), sha, gguf
 
+# %% ../nbs/00_models.ipynb #m0de1p02
+_HUB_ID = re.compile(r"[\w-][\w.-]*/[\w.-]+")   # owner/name, as the Hugging Face hub names models
+
+def model_problem(name_or_path: str | Path) -> str | None:
+    "None when `load_model` can load this model here without a download; else what is missing and what to give instead."
+    name = str(name_or_path); given = Path(name).expanduser()
+    if name in PACKAGED_MODELS:
+        try: packaged_gguf(name); return None
+        except Exception as e: return str(e)
+    if given.exists():
+        if not given.is_dir(): return f"{given.resolve()} is a file; give the model's directory (config.json and weights)"
+        try: _check_model_dir(given.resolve()); return None
+        except ValueError as e: return str(e)
+    if _HUB_ID.fullmatch(name):
+        from huggingface_hub import try_to_load_from_cache
+        if isinstance(try_to_load_from_cache(name, "config.json"), str): return None
+        return (f"{name!r} is neither a folder here nor in the local Hugging Face cache, and nothing downloads at run time: "
+                f"download it first (`hf download {name}`) or give the folder of its weights")
+    if "/" in name or os.sep in name or name.startswith(("~", ".")):
+        return (f"no such directory: {given.resolve()} (model {name!r}); give the folder of a Hugging Face model (config.json "
+                f"and weights), a packaged model ({', '.join(PACKAGED_MODELS)}) or a hub id you have downloaded")
+    try: _known(name)
+    except ValueError as e: return str(e)
+
+def model_depth(name_or_path: str | Path) -> int | None:
+    """The number of decoder blocks of a model, read from its config without loading it (packaged models: known); None
+    when this machine has no config for it (`model_problem` says why)."""
+    name = str(name_or_path)
+    if name in PACKAGED_MODELS: return PACKAGED_MODELS[name]["layers"]
+    given = Path(name).expanduser()
+    cfg = given / "config.json" if given.is_dir() else None
+    if cfg is None and _HUB_ID.fullmatch(name):
+        from huggingface_hub import try_to_load_from_cache
+        got = try_to_load_from_cache(name, "config.json"); cfg = Path(got) if isinstance(got, str) else None
+    if cfg is None or not cfg.is_file(): return None
+    try: c = json.loads(cfg.read_text())
+    except (OSError, ValueError): return None
+    c = c.get("text_config") or c                              # multimodal configs (Gemma-3-4B-it) nest the decoder's
+    n = next((c[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if isinstance(c.get(k), int)), None)
+    return n
+
 # %% ../nbs/00_models.ipynb #6997c706
 @torch.no_grad()
 def _sees_later_tokens(model) -> bool:
@@ -401,13 +442,9 @@ def load_model(name_or_path: str | Path, device=None, dtype: torch.dtype = torch
         if not path.is_dir(): raise ValueError(f"{path} is a file; give the model's directory (config.json and weights)")
         _check_model_dir(path)
         source = dict(name=path.name, path=str(path), sha256=_weights_sha256(path), format="local")
-    elif re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name):
+    elif _HUB_ID.fullmatch(name):
         path, source = name, dict(name=name, path=name, sha256=None, format="hub")
-    elif "/" in name or os.sep in name or name.startswith(("~", ".")):
-        raise ValueError(f"no such directory: {given.resolve()} (model {name!r}); give the folder of a Hugging Face model "
-                         f"(config.json and weights), a packaged model ({', '.join(PACKAGED_MODELS)}) or a hub id you have downloaded")
-    else:
-        _known(name)  # raises with the list of known names
+    else: raise ValueError(model_problem(name))   # a folder that is not there, or a name that is not known: which, and what to give
     local_only = source["format"] != "hub" or not download
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=local_only)
@@ -428,44 +465,6 @@ def load_model(name_or_path: str | Path, device=None, dtype: torch.dtype = torch
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     model.ortho_source = source
     return model.to(dev).eval(), tok
-
-# %% ../nbs/00_models.ipynb #m0de1p02
-def model_problem(name_or_path: str | Path) -> str | None:
-    "None when `load_model` can load this model here without a download; else what is missing and what to give instead."
-    name = str(name_or_path); given = Path(name).expanduser()
-    if name in PACKAGED_MODELS:
-        try: packaged_gguf(name); return None
-        except Exception as e: return str(e)
-    if given.exists():
-        if not given.is_dir(): return f"{given.resolve()} is a file; give the model's directory (config.json and weights)"
-        try: _check_model_dir(given.resolve()); return None
-        except ValueError as e: return str(e)
-    if re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name):
-        from huggingface_hub import try_to_load_from_cache
-        if isinstance(try_to_load_from_cache(name, "config.json"), str): return None
-        return (f"{name!r} is neither a folder here nor in the local Hugging Face cache, and nothing downloads at run time: "
-                f"download it first (`hf download {name}`) or give the folder of its weights")
-    if "/" in name or os.sep in name or name.startswith(("~", ".")):
-        return f"no such directory: {given.resolve()} (model {name!r})"
-    try: _known(name)
-    except ValueError as e: return str(e)
-
-def model_depth(name_or_path: str | Path) -> int | None:
-    """The number of decoder blocks of a model, read from its config without loading it (packaged models: known); None
-    when this machine has no config for it (`model_problem` says why)."""
-    name = str(name_or_path)
-    if name in PACKAGED_MODELS: return PACKAGED_MODELS[name]["layers"]
-    given = Path(name).expanduser()
-    cfg = given / "config.json" if given.is_dir() else None
-    if cfg is None and re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name):
-        from huggingface_hub import try_to_load_from_cache
-        got = try_to_load_from_cache(name, "config.json"); cfg = Path(got) if isinstance(got, str) else None
-    if cfg is None or not cfg.is_file(): return None
-    try: c = json.loads(cfg.read_text())
-    except (OSError, ValueError): return None
-    c = c.get("text_config") or c                              # multimodal configs (Gemma-3-4B-it) nest the decoder's
-    n = next((c[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if isinstance(c.get(k), int)), None)
-    return n
 
 # %% ../nbs/00_models.ipynb #2e1e2638
 TINY_FAMILIES = ("llama", "gemma3", "qwen2", "gpt2")   # the families every module's tests run on

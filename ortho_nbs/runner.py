@@ -142,25 +142,20 @@ def plan(profile: str = "paper", only: list[str] | None = None, root: str | Path
         params = {k: v for k, v in conf.get("*", {}).items() if k in declared} | given
         out.append((p, {k: v for k, v in params.items() if declared.get(k) != v} | ov[p.stem]))
         final = declared | params | ov[p.stem]
+        def where(name):    # where the value of `name` came from, as the user would change it
+            return (f"-p {p.stem}.{name} {final[name]!r}" if name in ov[p.stem] else
+                    f"settings.ini [{profile}] {p.stem if name in given else '*'}.{name} = {final[name]!r}" if name in params else
+                    f"{p.name}: its default {name} = {final[name]!r}")
         for name, spec in parameter_ranges(p).items():
             if why := range_problem(final.get(name), spec):
-                src = (f"-p {p.stem}.{name} {final[name]!r}" if name in ov[p.stem] else
-                       f"settings.ini [{profile}] {p.stem if name in given else '*'}.{name} = {final[name]!r}" if name in params else
-                       f"{p.name}: its default {name} = {final[name]!r}")
-                raise ValueError(f"{src}: out of range ({why}); {p.stem} declares {name}: {spec} (in its parameters cell)")
+                raise ValueError(f"{where(name)}: out of range ({why}); {p.stem} declares {name}: {spec} (in its parameters cell)")
         for name in MODEL_PARAMS:      # the models, present here: refused now rather than after the notebooks before
             if name in final and (why := model_problem(final[name])):
-                src = (f"-p {p.stem}.{name} {final[name]!r}" if name in ov[p.stem] else
-                       f"settings.ini [{profile}] {p.stem if name in given else '*'}.{name} = {final[name]!r}" if name in params else
-                       f"{p.name}: its default {name} = {final[name]!r}")
-                raise ValueError(f"{src}: {why} (-p {p.stem}.{name} /path/to/model)")
+                raise ValueError(f"{where(name)}: {why} (-p {p.stem}.{name} /path/to/model)")
         for name, model_param in parameter_layers(p).items():   # blocks that the model they index has (config only)
             n = model_depth(final[model_param]) if final.get(model_param) is not None else None
             if n is not None and (why := layer_problem(final.get(name), n)):
-                src = (f"-p {p.stem}.{name} {final[name]!r}" if name in ov[p.stem] else
-                       f"settings.ini [{profile}] {p.stem if name in given else '*'}.{name} = {final[name]!r}" if name in params else
-                       f"{p.name}: its default {name} = {final[name]!r}")
-                raise ValueError(f"{src}: {why} in {model_param} = {final[model_param]!r}; give -p {p.stem}.{name} with blocks of that model")
+                raise ValueError(f"{where(name)}: {why} in {model_param} = {final[model_param]!r}; give -p {p.stem}.{name} with blocks of that model")
     return out
 
 # %% ../nbs/05_runner.ipynb #c1db2db1
