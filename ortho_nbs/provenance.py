@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_provenance.ipynb #d7ea10cd
 from __future__ import annotations
-import ast, builtins, html, io, json, math, os, platform, re, resource, subprocess, sys, sysconfig, tempfile, time, tokenize
+import ast, builtins, errno, html, io, json, math, os, platform, re, resource, shutil, subprocess, sys, sysconfig, tempfile, time, tokenize
 from fnmatch import fnmatchcase
 from importlib import metadata
 from pathlib import Path
@@ -13,10 +13,11 @@ import torch
 # %% auto #0
 __all__ = ['PACKAGES', 'KINDS', 'VERDICTS', 'NEGATIVE', 'DIAGNOSES', 'CI_SUFFIXES', 'VERDICT_COLOURS', 'DEFAULT_REL',
            'OVERRIDES_ENV', 'STAGE_ENV', 'project_root', 'git_commit', 'package_versions', 'cpu_model',
-           'peak_memory_mb', 'parameters_cell', 'parse_range', 'parameter_ranges', 'parameter_layers', 'layer_problem',
-           'range_problem', 'portable_path', 'portable', 'check_metrics', 'Rule', 'ClaimsTable', 'render', 'amendment',
-           'Claim', 'Claims', 'declare', 'validate_claims', 'counts_as_evidence', 'tolerance', 'default_tolerance',
-           'resolve_tolerances', 'within', 'format_tolerance', 'new_run_dir', 'run_overrides', 'Run']
+           'peak_memory_mb', 'parameters_cell', 'parse_range', 'parameter_ranges', 'parameter_layers',
+           'parameter_links', 'layer_problem', 'range_problem', 'portable_path', 'portable', 'check_metrics', 'Rule',
+           'ClaimsTable', 'render', 'amendment', 'Claim', 'Claims', 'declare', 'validate_claims', 'counts_as_evidence',
+           'tolerance', 'default_tolerance', 'resolve_tolerances', 'within', 'format_tolerance', 'atomic_write',
+           'move_into_place', 'new_run_dir', 'run_overrides', 'Run']
 
 # %% ../nbs/04_provenance.ipynb #7d005324
 PACKAGES = ("torch", "transformers", "gguf", "safetensors", "numpy", "pandas", "matplotlib", "papermill", "nbdev", "ortho-nbs")
@@ -78,6 +79,7 @@ def parameters_cell(path: str | Path) -> dict:
 # %% ../nbs/04_provenance.ipynb #c1a1d0c2
 _RANGE = re.compile(r"(?:^#|;)\s*range:\s*([^;#]*)")   # at the comment's start, or after a `;`
 _LAYER_OF = re.compile(r"(?:^#|;)\s*layer of:\s*(\w+)")    # `; layer of: model_name`: the value names blocks of that model
+_SAME_AS = re.compile(r"(?:^#|;)\s*same as:\s*(\d\d_\w+)")   # `; same as: 30_ogd`: the parameter is that notebook's
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _INTERVAL = re.compile(rf"\s*([\[(])\s*({_NUM}|-inf)\s*,\s*({_NUM}|\+?inf)\s*([\])])\s*$")
 _BOUND = re.compile(rf"\s*(>=|<=|!=|>|<|≥|≤)\s*({_NUM})\s*$")
@@ -124,6 +126,12 @@ def parameter_layers(path: str | Path) -> dict[str, str]:
     model that parameter names (a block index, a list of them, or '<index>.<module path>'), checked by `layer_problem`."""
     return {name: m.group(1) for name, comments in _parameter_comments(path).items()
             for m in filter(None, (_LAYER_OF.search(c) for c in comments))}
+
+def parameter_links(path: str | Path) -> dict[str, str]:
+    """{name: notebook} from `# ...; same as: <notebook>` comments: the parameter is that notebook's, and a run gives it
+    the value that notebook runs with (`05_runner`'s `plan`)."""
+    return {name: m.group(1) for name, comments in _parameter_comments(path).items()
+            for m in filter(None, (_SAME_AS.search(c) for c in comments))}
 
 def layer_problem(value, n_layers: int) -> str | None:
     "None when every block `value` names is one of 0..n_layers-1 (None names none), else which is not."
@@ -581,7 +589,7 @@ def format_tolerance(tol: dict) -> str:
     return " | ".join(s for s in (f"±{tol['abs']:.3g}" if "abs" in tol else "", f"rel {tol['rel']:.3g}" if "rel" in tol else "") if s)
 
 # %% ../nbs/04_provenance.ipynb #c1a1d0c5
-def _atomic_write(path: str | Path, data: str | bytes):
+def atomic_write(path: str | Path, data: str | bytes):
     "Write `data` (text or bytes) to `path` through a temporary file beside it, flushed and renamed over it."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -595,6 +603,22 @@ def _atomic_write(path: str | Path, data: str | bytes):
 
 def _umask() -> int:
     m = os.umask(0); os.umask(m); return m
+
+def move_into_place(src: str | Path, dst: str | Path) -> Path:
+    """Put the file or folder `src` at `dst` with one rename. A folder already at `dst` is renamed to
+    `.<name>.old-<pid>` beside it first and removed after; a file on another file system is copied with `atomic_write`."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir() and dst.is_dir():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.rename(dst, old); os.rename(src, dst); shutil.rmtree(old, ignore_errors=True)
+        return dst
+    if src.is_dir() and dst.exists(): dst.unlink()
+    try: os.replace(src, dst)
+    except OSError as e:
+        if e.errno != errno.EXDEV or src.is_dir(): raise
+        atomic_write(dst, src.read_bytes()); src.unlink()
+    return dst
 
 def new_run_dir(parent: str | Path, stem: str) -> Path:
     "A new folder parent/<stem>-<YYYYmmdd-HHMMSS>, created here; `-2`, `-3`, ... appended when that name is taken."
@@ -676,9 +700,9 @@ class Run:
         for fmt in formats:
             p, buf = self.figures_dir / f"{name}.{fmt}", io.BytesIO()
             fig.savefig(buf, format=fmt, dpi=130, bbox_inches="tight", metadata={"Creator": "ortho-nbs"} if fmt in ("png", "svg") else None)
-            _atomic_write(p, buf.getvalue())
+            atomic_write(p, buf.getvalue())
             paths.append(p)
-        _atomic_write(self.figures_dir / f"{name}.json", json.dumps(dict(figure=name, params=portable(self.params), provenance=prov), indent=1, default=str))
+        atomic_write(self.figures_dir / f"{name}.json", json.dumps(dict(figure=name, params=portable(self.params), provenance=prov), indent=1, default=str))
         self.figures.append(name)
         return paths
 
@@ -694,7 +718,7 @@ class Run:
         res = dict(params=portable(self.params), provenance=self.provenance(), metrics=check_metrics(metrics),
                    tolerances=resolve_tolerances(metrics, tolerances), claims=self.claims, figures=self.figures)
         path = self.results_dir / f"{self.notebook}.json"
-        _atomic_write(path, json.dumps(res, indent=1, default=str))
+        atomic_write(path, json.dumps(res, indent=1, default=str))
         self.results_path = path
         return path
 

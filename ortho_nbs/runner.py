@@ -8,15 +8,16 @@ import argparse, ast, configparser, errno, fcntl, glob, json, math, re, shutil, 
 from pathlib import Path
 import os
 from .provenance import (project_root, parameters_cell, parameter_ranges, range_problem, git_commit, OVERRIDES_ENV,
-                                   STAGE_ENV, DEFAULT_REL, tolerance, within, format_tolerance, portable, new_run_dir, _atomic_write)
+                                   STAGE_ENV, DEFAULT_REL, tolerance, within, format_tolerance, portable, new_run_dir, atomic_write,
+                                   move_into_place)
 from .models import model_problem, model_depth
-from .provenance import parameter_layers, layer_problem
+from .provenance import parameter_layers, layer_problem, parameter_links
 
 # %% auto #0
-__all__ = ['RUN_PARAMS', 'MODEL_PARAMS', 'MARKER', 'EXAMPLES', 'README_BLOCKS', 'notebooks', 'load_profiles',
-           'notebook_parameters', 'parse_overrides', 'resolve_overrides', 'plan', 'NotebookFailed', 'claims_summary',
-           'reproduce', 'compare_results', 'validate_results', 'check_results', 'format_check', 'writes_results',
-           'reproduce_check', 'main', 'results_overview', 'update_readme']
+__all__ = ['RUN_PARAMS', 'MODEL_PARAMS', 'MARKER', 'EXAMPLES', 'README_BLOCKS', 'notebooks', 'load_profiles', 'parse_overrides',
+           'resolve_overrides', 'plan', 'NotebookFailed', 'claims_summary', 'reproduce', 'compare_results',
+           'validate_results', 'check_results', 'format_check', 'writes_results', 'reproduce_check', 'main',
+           'results_overview', 'update_readme']
 
 # %% ../nbs/05_runner.ipynb #f978290c
 RUN_PARAMS = ("profile", "out_dir")   # injected by the runner into every notebook
@@ -41,10 +42,6 @@ def load_profiles(root: str | Path | None = None) -> dict[str, dict[str, dict]]:
             except (ValueError, SyntaxError): raise ValueError(f"{path} [{sec}] {key} = {raw}: not a Python literal") from None
             prof.setdefault(nb, {})[par] = val
     return out
-
-def notebook_parameters(path: str | Path) -> dict:
-    "The parameters a notebook's `parameters` cell declares, with their default values (parsed with ast, not papermill)."
-    return parameters_cell(path)
 
 def _find_notebook(o: str, nbs: list[Path]) -> Path:
     "The notebook named by its stem ('10_ablation'), number ('10') or name ('ablation')."
@@ -95,7 +92,8 @@ def resolve_overrides(selected: list[Path], overrides: dict | None, all_nbs: lis
     "{notebook stem: {name: value}} for the `selected` notebooks; refuses unknown notebooks and names, and mistyped values."
     out = {p.stem: {} for p in selected}
     if not overrides: return out
-    declared = {p.stem: notebook_parameters(p) for p in selected}
+    declared = {p.stem: parameters_cell(p) for p in selected}
+    links = {p.stem: parameter_links(p) for p in selected}
     listing = lambda s: ", ".join(k for k in declared[s] if k not in RUN_PARAMS) or "(none)"
     scoped = []
     for key, value in overrides.items():
@@ -108,10 +106,15 @@ def resolve_overrides(selected: list[Path], overrides: dict | None, all_nbs: lis
             for s in hits: _check_type(f"{s}.{name}", declared[s][name], value); out[s][name] = value
             continue
         p = _find_notebook(nb_sel, all_nbs or selected)
+        if p.stem not in declared and any(links[s].get(name) == p.stem for s in declared):   # a parameter a notebook here shares
+            _check_type(f"{p.stem}.{name}", parameters_cell(p).get(name), value); out.setdefault(p.stem, {})[name] = value
+            continue
         if p.stem not in declared:
             raise ValueError(f"-p {key}: {p.stem} is not in this run ({', '.join(declared)}); add --only {p.stem}")
         if name not in declared[p.stem]:
             raise ValueError(f"-p {key}: {p.stem} has no parameter {name!r}; its parameters: {listing(p.stem)}")
+        if src := links[p.stem].get(name):
+            raise ValueError(f"-p {key}: {name} of {p.stem} is {src}'s (same as: {src} in its parameters cell); give -p {src}.{name}")
         _check_type(f"{p.stem}.{name}", declared[p.stem][name], value); scoped.append((p.stem, name, value))
     for s, name, value in scoped: out[s][name] = value          # a notebook's own override beats a global one
     return out
@@ -119,9 +122,29 @@ def resolve_overrides(selected: list[Path], overrides: dict | None, all_nbs: lis
 # %% ../nbs/05_runner.ipynb #243320e7
 MODEL_PARAMS = ("model_name", "source_name", "target_name")   # parameters that name a model (checked by `plan`)
 
+def _shared_values(p: Path, declared: dict, conf: dict, ov: dict, all_nbs: list[Path], profile: str) -> dict:
+    """{name: value} for the parameters of notebook `p` marked `same as: <source>`: the source's `-p` value (scoped, or a
+    global one), else its profile entry, else its default. Refuses a profile entry aimed at the copy, and two defaults
+    that differ (the notebook run by hand would then use another value than the run)."""
+    out = {}
+    for name, src in parameter_links(p).items():
+        sp = next((q for q in all_nbs if q.stem == src), None)
+        if sp is None: raise ValueError(f"{p.name}: {name} is 'same as: {src}', and there is no notebook {src}")
+        sdecl = parameters_cell(sp)
+        if name not in sdecl: raise ValueError(f"{p.name}: {name} is 'same as: {src}', whose parameters cell has no {name}")
+        if sdecl[name] != declared.get(name):
+            raise ValueError(f"{p.name}: its default {name} = {declared.get(name)!r} differs from {src}'s {sdecl[name]!r}; they are "
+                             f"one parameter (same as: {src}): make the defaults equal")
+        if name in conf.get(p.stem, {}):
+            raise ValueError(f"settings.ini [{profile}] sets {p.stem}.{name}, which is {src}'s (same as: {src}): set {src}.{name} instead")
+        sconf = {k: v for k, v in conf.get("*", {}).items() if k in sdecl} | conf.get(src, {})
+        out[name] = ov.get(src, {}).get(name, ov[p.stem].get(name, sconf.get(name, sdecl[name])))
+    return out
+
 def plan(profile: str = "paper", only: list[str] | None = None, root: str | Path | None = None,
          overrides: dict | None = None) -> list[tuple[Path, dict]]:
-    "The (notebook, parameters) pairs a run would execute; refuses unknown profiles, notebooks and parameters, and values out of range."
+    """The (notebook, parameters) pairs a run would execute; refuses unknown profiles, notebooks and parameters, and values out of
+    range. A parameter marked `same as: <notebook>` gets the value that notebook runs with (`_shared_values`)."""
     profiles, all_nbs = load_profiles(root), notebooks(root)
     if profile not in profiles: raise ValueError(f"unknown profile {profile!r}; settings.ini defines: {', '.join(profiles)}")
     stems = [p.stem for p in all_nbs]
@@ -132,7 +155,7 @@ def plan(profile: str = "paper", only: list[str] | None = None, root: str | Path
     ov = resolve_overrides(nbs, overrides, all_nbs)
     out = []
     for p in nbs:
-        declared = notebook_parameters(p)
+        declared = parameters_cell(p)
         missing = [k for k in RUN_PARAMS if k not in declared]
         if missing: raise ValueError(f"{p.name}: its parameters cell must declare {missing}")
         given = conf.get(p.stem, {})
@@ -140,10 +163,14 @@ def plan(profile: str = "paper", only: list[str] | None = None, root: str | Path
         if bad: raise ValueError(f"settings.ini [{profile}] sets {bad} for {p.stem}, whose parameters cell declares only: "
                                  f"{', '.join(declared)}")
         params = {k: v for k, v in conf.get("*", {}).items() if k in declared} | given
+        shared = _shared_values(p, declared, conf, ov, all_nbs, profile)
+        params, ov[p.stem] = params | shared, {k: v for k, v in ov[p.stem].items() if k not in shared}
         out.append((p, {k: v for k, v in params.items() if declared.get(k) != v} | ov[p.stem]))
         final = declared | params | ov[p.stem]
+        owner = lambda name: parameter_links(p).get(name, p.stem)   # the notebook whose parameter it is
         def where(name):    # where the value of `name` came from, as the user would change it
-            return (f"-p {p.stem}.{name} {final[name]!r}" if name in ov[p.stem] else
+            return (f"{p.stem}.{name} = {final[name]!r}, {owner(name)}'s (same as: {owner(name)})" if name in shared else
+                    f"-p {p.stem}.{name} {final[name]!r}" if name in ov[p.stem] else
                     f"settings.ini [{profile}] {p.stem if name in given else '*'}.{name} = {final[name]!r}" if name in params else
                     f"{p.name}: its default {name} = {final[name]!r}")
         for name, spec in parameter_ranges(p).items():
@@ -151,11 +178,11 @@ def plan(profile: str = "paper", only: list[str] | None = None, root: str | Path
                 raise ValueError(f"{where(name)}: out of range ({why}); {p.stem} declares {name}: {spec} (in its parameters cell)")
         for name in MODEL_PARAMS:      # the models, present here: refused now rather than after the notebooks before
             if name in final and (why := model_problem(final[name])):
-                raise ValueError(f"{where(name)}: {why} (-p {p.stem}.{name} /path/to/model)")
+                raise ValueError(f"{where(name)}: {why} (-p {owner(name)}.{name} /path/to/model)")
         for name, model_param in parameter_layers(p).items():   # blocks that the model they index has (config only)
             n = model_depth(final[model_param]) if final.get(model_param) is not None else None
             if n is not None and (why := layer_problem(final.get(name), n)):
-                raise ValueError(f"{where(name)}: {why} in {model_param} = {final[model_param]!r}; give -p {p.stem}.{name} with blocks of that model")
+                raise ValueError(f"{where(name)}: {why} in {model_param} = {final[model_param]!r}; give -p {owner(name)}.{name} with blocks of that model")
     return out
 
 # %% ../nbs/05_runner.ipynb #c1db2db1
@@ -179,7 +206,7 @@ def _publish(executed: Path, target: Path, overrides: dict | None = None):
         if c["cell_type"] == "code": c["outputs"] = [o for o in c["outputs"] if o.get("name") != "stderr"]
     cfg = get_config(target.parent)
     clean_nb(nb, allowed_cell_metadata_keys=cfg.get("allowed_cell_metadata_keys") or [], clean_ids=cfg.clean_ids)
-    _atomic_write(target, json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n")
+    atomic_write(target, json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n")
 
 def _merged_summary(summary: dict, path: Path, partial: bool) -> dict:
     "The run record to write at `path`: a partial re-run (--only) replaces only its notebooks' entries of the one there."
@@ -194,7 +221,7 @@ def _merged_summary(summary: dict, path: Path, partial: bool) -> dict:
 
 def _publish_summary(summary: dict, path: Path, partial: bool):
     "Write the run record beside the results; a partial re-run (--only) replaces only its notebooks' entries."
-    _atomic_write(path, json.dumps(portable(_merged_summary(summary, path, partial), path.parent.parent), indent=1))   # committed: no absolute paths
+    atomic_write(path, json.dumps(portable(_merged_summary(summary, path, partial), path.parent.parent), indent=1))   # committed: no absolute paths
 
 MARKER = "INCOMPLETE"   # in a run folder while a run writes into it, and after a run that stopped before finishing
 
@@ -227,14 +254,6 @@ def _lock(folder: Path, what: str, name: str = ".lock"):
     fh.seek(0); fh.truncate(); fh.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"); fh.flush()
     return fh
 
-def _move(src: Path, dst: Path):
-    "Move a file into place with one atomic rename (an atomic copy when they sit on different file systems)."
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try: os.replace(src, dst)
-    except OSError as e:
-        if e.errno != errno.EXDEV: raise
-        _atomic_write(dst, src.read_bytes()); src.unlink()
-
 def _swap_in(stage: Path, executed: Path, data_dir: Path, run_dir: Path, stem: str) -> Path:
     """Move a finished notebook's staged outputs into place: figures, then its results file, then the executed copy;
     figures its previous run listed that this run did not make are removed. Returns the executed copy's new path."""
@@ -243,18 +262,18 @@ def _swap_in(stage: Path, executed: Path, data_dir: Path, run_dir: Path, stem: s
     except (OSError, ValueError, AttributeError, TypeError): old_figs = set()
     files = [p for p in stage.rglob("*") if p.is_file() and p != executed]
     for p in sorted(files, key=lambda p: (p.relative_to(stage).parts[0] == "results", str(p))):   # the results file last
-        _move(p, data_dir / p.relative_to(stage))
+        move_into_place(p, data_dir / p.relative_to(stage))
     new_figs = {p.stem for p in files if p.parent == stage / "figures"}
     for name in old_figs - new_figs:
         for f in (data_dir / "figures").glob(f"{glob.escape(str(name))}.*"): f.unlink(missing_ok=True)
     target = run_dir / "notebooks" / executed.name
-    _move(executed, target)
+    move_into_place(executed, target)
     shutil.rmtree(stage, ignore_errors=True)
     return target
 
 def _mark(run_dir: Path, profile: str, steps: list, done: list[str], started: str):
     todo = [nb.stem for nb, _ in steps if nb.stem not in done]
-    _atomic_write(run_dir / MARKER, f"This run folder is incomplete.\n"
+    atomic_write(run_dir / MARKER, f"This run folder is incomplete.\n"
                   f"An `ortho-nbs reproduce --profile {profile}` run (pid {os.getpid()}, started {started}) is writing into it, "
                   "or stopped before it finished.\n"
                   f"Swapped in by that run (each notebook's results, figures and executed copy whole): {', '.join(done) or 'none yet'}.\n"
@@ -316,7 +335,7 @@ def reproduce(profile: str = "paper", only: list[str] | None = None, out: str | 
 def _execute(steps, ov, profile, only, root, run_dir, data_dir, publish, kernel, progress_s) -> dict:
     "`reproduce` once its checks passed and its folder is locked: each notebook staged, run, swapped in."
     import papermill as pm
-    from ortho_nbs.models import VERIFY_ENV as verify_env
+    from ortho_nbs.cache import VERIFY_ENV as verify_env
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     marker, done = run_dir / MARKER, []
     complete_before = (run_dir / "summary.json").exists() and not marker.exists()
@@ -365,7 +384,7 @@ def _execute(steps, ov, profile, only, root, run_dir, data_dir, publish, kernel,
             print(f"[ortho-nbs] {nb.name} done in {secs:.0f} s", flush=True)
             if wrote: print(claims_summary(json.loads(res.read_text())), flush=True)
         summary["total_s"] = round(time.perf_counter() - t_all, 1)
-        _atomic_write(run_dir / "summary.json", json.dumps(_merged_summary(summary, run_dir / "summary.json", bool(only)),
+        atomic_write(run_dir / "summary.json", json.dumps(_merged_summary(summary, run_dir / "summary.json", bool(only)),
                                                           indent=1, default=repr))
         if publish:
             _publish_summary(summary, data_dir / "results" / f"{profile}_summary.json", partial=bool(only))
@@ -548,7 +567,7 @@ def reproduce_check(profile: str = "paper", only: list[str] | None = None, out: 
                   overrides=overrides)
     report = check_results(base, s["results_dir"], [nb.stem for nb, _ in steps])
     report = dict(profile=profile, baseline=str(base), run_dir=s["run_dir"], **report, summary=s)
-    _atomic_write(Path(s["run_dir"]) / "check.json", json.dumps(report, indent=1, default=repr))
+    atomic_write(Path(s["run_dir"]) / "check.json", json.dumps(report, indent=1, default=repr))
     return report
 
 # %% ../nbs/05_runner.ipynb #e201308d
@@ -578,8 +597,9 @@ def _title(path: Path) -> str:
 
 def _cache_command(repair: bool) -> int:
     "`ortho-nbs cache verify [--repair]`: every cache entry hashed in full; exit 1 when one is damaged (and not removed)."
-    from ortho_nbs.models import verify_cache, cache_dir, CacheError
-    try: rows = verify_cache(repair=repair)
+    from ortho_nbs.cache import verify_cache, cache_dir, CacheError
+    from ortho_nbs.models import cached_ggufs
+    try: rows = verify_cache(repair=repair, files=cached_ggufs())
     except CacheError as e: print(f"ortho-nbs: {e}", file=sys.stderr); return 2
     for r in rows:
         state = "ok" if r["problem"] is None else "removed" if r.get("repaired") else "DAMAGED"
@@ -642,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"notebook {p.stem}: {_title(p)}{last}")
                 if a.params:
                     ranges = parameter_ranges(p)
-                    for k, v in notebook_parameters(p).items():
+                    for k, v in parameters_cell(p).items():
                         if k not in RUN_PARAMS: print(f"    {k} = {v!r}" + (f"    (range: {ranges[k]})" if k in ranges else ""))
             return 0
         if a.baseline and not a.check: raise ValueError("--baseline goes with --check")
@@ -708,5 +728,5 @@ def update_readme(root: str | Path | None = None, check: bool = False) -> bool:
         i, j = new.index(a) + len(a), new.index(b)
         new = new[:i] + "\n" + results_overview(root, part) + "\n" + new[j:]
     if new == text: return True
-    if not check: _atomic_write(path, new)
+    if not check: atomic_write(path, new)
     return False

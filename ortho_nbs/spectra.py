@@ -6,13 +6,10 @@
 from __future__ import annotations
 import math
 import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
-from .kfac import weight_hvp
 
 # %% auto #0
-__all__ = ['lanczos', 'slq_density', 'density_on_grid', 'marchenko_pastur_fit', 'marchenko_pastur_density', 'block_hvp']
+__all__ = ['lanczos', 'slq_density', 'density_on_grid', 'marchenko_pastur_fit', 'marchenko_pastur_density']
 
 # %% ../nbs/21_spectra.ipynb #bcdbf76b
 def lanczos(matvec, n: int, m: int, v0: torch.Tensor | None = None, seed: int = 0, dtype=torch.float64) -> dict:
@@ -80,9 +77,3 @@ def marchenko_pastur_density(x: torch.Tensor, sigma2: float, gamma: float) -> to
     lo, hi = sigma2 * (1 - math.sqrt(gamma)) ** 2, sigma2 * (1 + math.sqrt(gamma)) ** 2
     x = x.double()
     return ((hi - x) * (x - lo)).clamp_min(0).sqrt() / (2 * math.pi * sigma2 * gamma * x.clamp_min(1e-300)) * (x > 0)
-
-# %% ../nbs/21_spectra.ipynb #4bb42625
-def block_hvp(model, module: nn.Module, batches: list[dict]):
-    "v -> H v for the Hessian of the mean next-token loss on `batches` w.r.t. `module.weight` (flattened, float64 in and out)."
-    W = module.weight
-    return lambda v: weight_hvp(model, module, batches, v.to(W.device, W.dtype).view_as(W)).flatten()

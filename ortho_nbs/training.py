@@ -11,11 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
-from .hooks import decoder_layers, writer_weight, encode, with_positions, capture_blocks, _Stop
+from .hooks import decoder_layers, writer_weight, encode, with_positions, batches, capture_blocks
+from .distributed import (world, is_distributed, all_reduce_sum_, all_reduce_number, is_sharded, gather_shard,
+                                   local_shard, row_shard)
 
 # %% auto #0
-__all__ = ['layer_weight', 'linear_modules', 'lm_batches', 'target_mask', 'next_token_loss', 'grads_only_for', 'batch_loss',
-           'KnownBlock', 'frozen_prefix', 'prefix_states', 'from_prefix', 'lm_loss', 'finetune']
+__all__ = ['linear_modules', 'lm_batches', 'target_mask', 'next_token_loss', 'grads_only_for', 'batch_loss', 'tensor_sha256',
+           'Prefix', 'lm_loss', 'finetune', 'mean_token_loss', 'window_loss', 'with_deltas', 'lowest_block',
+           'attributed_finetune']
 
 # %% ../nbs/07_training.ipynb #e4f7b7ba
 def _is_linear(m): return isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"
@@ -32,8 +35,6 @@ def linear_modules(model, include: list[str] | None = None, layers: list[int] | 
         names = sorted({n for n, m in blocks[0].named_modules() if _is_linear(m)})
         raise ValueError(f"no linear module matches include={include}; block 0 has: {', '.join(names)}")
     return out
-
-layer_weight = writer_weight   # (d_out x d_in) view of an nn.Linear or Conv1D weight
 
 # %% ../nbs/07_training.ipynb #6423f682
 def lm_batches(tokenizer, texts: list[str], seq_len: int = 128, batch_size: int = 8, n_sequences: int | None = None) -> list[dict]:
@@ -84,6 +85,10 @@ def batch_loss(model, batches: list[dict]) -> float:
 
 
 # %% ../nbs/07_training.ipynb #5c365644
+def tensor_sha256(t: torch.Tensor) -> str:
+    "SHA-256 of a tensor's bytes (any dtype, any device): the content key of kept streams, KV caches and cached fine-tunes."
+    return hashlib.sha256(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
 def _find_cache(kwargs: dict):
     c = kwargs.get("cache", kwargs.get("past_key_values"))
     return c if isinstance(c, Cache) else None
@@ -100,13 +105,12 @@ def _batch_key(kwargs: dict, args: tuple):
     if cache is not None:
         if not all(isinstance(l, _KEPT_LAYERS) for l in cache.layers): return None
         if cache.get_seq_length() == 0: mode = "kv"
-        elif ids.shape[-1] > 1 and getattr(cache.layers[0], "is_initialized", False):
-            mode = "kvp"; extra = [hashlib.sha256(cache.layers[0].keys.detach().cpu().contiguous().numpy().tobytes()).hexdigest()]
+        elif ids.shape[-1] > 1 and getattr(cache.layers[0], "is_initialized", False): mode = "kvp"; extra = [tensor_sha256(cache.layers[0].keys)]
         else: return None
     elif kwargs.get("past_key_values") is not None or kwargs.get("use_cache", False): return None
     else: mode = "plain"
     parts = [ids] + [kwargs[k] for k in ("attention_mask", "position_ids") if kwargs.get(k) is not None]
-    return (mode, *extra) + tuple((tuple(t.shape), str(t.dtype), t.detach().cpu().numpy().tobytes()) for t in parts)
+    return (mode, *extra) + tuple((tuple(t.shape), str(t.dtype), tensor_sha256(t)) for t in parts)
 
 def _copy_layer(layer):
     "A cache layer whose key/value tensors are copies (the original and the copy never share storage)."
@@ -114,88 +118,127 @@ def _copy_layer(layer):
     if getattr(layer, "is_initialized", False): c.keys, c.values = layer.keys.clone(), layer.values.clone()
     return c
 
-class KnownBlock(nn.Module):
+class _KnownBlock(nn.Module):
     "Stands in for a decoder block whose output is already known: returns `fn(hidden_states)` without computing anything."
-    def __init__(self, fn): super().__init__(); self.fn = fn
-    def forward(self, hidden_states, *args, **kwargs): return self.fn(hidden_states)
+    def __init__(self, fn, as_tuple: bool = False): super().__init__(); self.fn, self.as_tuple = fn, as_tuple
+    def forward(self, hidden_states, *args, **kwargs):
+        out = self.fn(hidden_states)
+        return (out,) if self.as_tuple else out
 
-@contextmanager
-def frozen_prefix(model, first: int, max_batches: int = 512, store: dict | None = None):
-    """Within the block, blocks 0..`first`-1 run once per distinct input batch; a repeat starts from the kept residual
-    stream entering block `first` and, for a generation's prefill, those blocks' KV-cache entries (bit-identical
-    results). Only while no weight below block `first` (embeddings included) changes; `first=0` freezes nothing.
-    `store`: a dict of your own that keeps the kept tensors across several blocks (for edits that all leave blocks
-    0..first-1 alone, evaluated in different places); it is filled here and never cleared."""
-    layers = decoder_layers(model)
-    if not 0 <= first < len(layers): raise IndexError(f"first={first}: the frozen prefix must end inside blocks 0..{len(layers) - 1}")
-    if first == 0:
-        yield {} if store is None else store; return
-    real = [layers[i] for i in range(first)]
-    state, own = {}, store is None
-    store = {} if own else store
-    def start(h):                                  # a repeat: the kept stream, and the kept cache entries put back
-        kept = state["kept"]
-        if kept["kv"] is not None:
-            cache = state["cache"]
-            for i, layer in enumerate(kept["kv"]):
-                if i < len(cache.layers): cache.layers[i] = _copy_layer(layer)
-                else: cache.layers.append(_copy_layer(layer))
-        return kept["h"]
-    replay = [KnownBlock(start)] + [KnownBlock(lambda h: h) for _ in range(first - 1)]
-    def use(mods):
-        for i, m in enumerate(mods): layers[i] = m
-    def pre(mod, args, kwargs):
-        key = _batch_key(kwargs, args)
-        key = state["key"] = None if key is None else (first,) + key
-        state["cache"] = _find_cache(kwargs)
-        if key is not None and key in store: state["kept"] = store[key]; use(replay)
-        else: use(real)
-    def keep(mod, args, out):
-        key = state.get("key")
-        if key is not None and key not in store and len(store) < max_batches:
-            kv = [_copy_layer(l) for l in state["cache"].layers[:first]] if key[1] in ("kv", "kvp") else None
-            store[key] = dict(h=(out[0] if isinstance(out, tuple) else out).detach(), kv=kv)
-    h1 = model.register_forward_pre_hook(pre, with_kwargs=True)
-    h2 = real[-1].register_forward_hook(keep)
-    try: yield store
-    finally:
-        h1.remove(); h2.remove(); use(real); state.clear()
-        if own: store.clear()
+class _Streams:
+    """`Prefix.states` of the rows of `rows`, computed `chunk` rows at a time (rows c*chunk..) the first time one of them
+    is asked for: a short run touches only the chunks it draws from, and a row's stream does not depend on which rows
+    were drawn before it. `streams[idx]` stacks the rows `idx`."""
+    def __init__(self, prefix, rows: dict, chunk: int = 32): self.prefix, self.rows, self.chunk, self.parts = prefix, rows, chunk, {}
+    def __getitem__(self, idx: list[int]) -> torch.Tensor:
+        c = self.chunk
+        for k in sorted({i // c for i in idx} - set(self.parts)):
+            self.parts[k] = self.prefix.states({n: v[k * c:(k + 1) * c] for n, v in self.rows.items()}, c)
+        return torch.stack([self.parts[i // c][i % c] for i in idx])
 
+class Prefix:
+    """Blocks 0..`first`-1 of `model` while none of their weights (embeddings included) changes: the stream they hand to
+    block `first` (`states`, `streams`), the model started from a given stream (`given`), and forward passes replayed
+    from the streams kept for inputs seen before (`replayed`). `first=0` is the empty prefix: `replayed` freezes nothing."""
+    def __init__(self, model: nn.Module, first: int):
+        self.model, self.first, self.blocks = model, int(first), decoder_layers(model)
+        if not 0 <= self.first <= len(self.blocks):
+            raise IndexError(f"first={first}: a prefix ends before one of blocks 0..{len(self.blocks)} (the model has {len(self.blocks)})")
+        self.as_tuple = False                     # whether the real blocks return tuples (seen by `states` and `replayed`)
+
+    def _check(self, lo: int, hi: int):
+        if not lo <= self.first <= hi: raise IndexError(f"first={self.first}: the prefix must end inside blocks {lo}..{hi}")
+
+    def _swapped(self, start):
+        "Blocks 0..first-1 replaced: block 0 returns `start(h)`, the others pass it on; returns the real blocks."
+        real = [self.blocks[i] for i in range(self.first)]
+        for i, m in enumerate([_KnownBlock(start, self.as_tuple)] + [_KnownBlock(lambda h: h, self.as_tuple) for _ in range(self.first - 1)]):
+            self.blocks[i] = m
+        return real
+
+    def _restore(self, real):
+        for i, m in enumerate(real): self.blocks[i] = m
+
+    @torch.no_grad()
+    def states(self, batch: dict, batch_size: int = 32) -> torch.Tensor:
+        """The residual stream entering block `first` for every row of `batch` (input_ids, attention_mask and, if given,
+        position_ids), (n_rows, T, d_model) on the model's device; `batch_size` rows at a time, blocks `first`.. not run."""
+        self._check(1, len(self.blocks))
+        dev, out = next(self.model.parameters()).device, []
+        def seen(mod, args, o): self.as_tuple = isinstance(o, tuple)
+        hook = self.blocks[self.first - 1].register_forward_hook(seen)      # runs before capture_blocks' own hook
+        try:
+            with capture_blocks(self.model, [self.first - 1], lambda i, h: out.append(h.detach())) as forward:
+                for s in range(0, len(batch["input_ids"]), batch_size):
+                    forward(**{k: v[s:s + batch_size].to(dev) for k, v in batch.items()})
+        finally: hook.remove()
+        return torch.cat(out)
+
+    @contextmanager
+    def given(self, states: torch.Tensor):
+        """Within the block the model skips blocks 0..`first`-1 and block `first` starts from `states` (B, T, d_model), the
+        stream those blocks give for the batch the model is called with (`states` of the same rows; the caller keeps the
+        two matched, a batch of another shape is refused)."""
+        self._check(1, len(self.blocks))
+        def start(h):
+            if h.shape[:2] != states.shape[:2]:
+                raise ValueError(f"the batch is {tuple(h.shape[:2])} (rows, positions), the prefix states {tuple(states.shape[:2])}: "
+                                 "give the states of this batch's rows")
+            return states.to(h.dtype)
+        real = self._swapped(start)
+        try: yield
+        finally: self._restore(real)
+
+    def streams(self, rows: dict, store: dict | None = None, chunk: int = 32) -> _Streams:
+        "`states` of the rows of `rows` (a batch dict of tensors), computed when first asked for; kept in `store` (keyed by `first` and the rows' content)."
+        self._check(1, len(self.blocks))
+        key = ("streams", self.first) + tuple(tensor_sha256(rows[k]) for k in sorted(rows))
+        if store is not None and key in store: return store[key]
+        s = _Streams(self, rows, chunk)
+        if store is not None: store[key] = s
+        return s
+
+    @contextmanager
+    def replayed(self, store: dict | None = None, max_batches: int = 512):
+        """Within the block blocks 0..`first`-1 run once per distinct input batch; a repeat starts from the kept residual
+        stream entering block `first` and, for a generation's prefill, those blocks' KV-cache entries (bit-identical
+        results). `store`: a dict of your own that keeps the kept tensors across several blocks (for edits that all leave
+        blocks 0..first-1 alone, evaluated in different places); it is filled here and never cleared."""
+        self._check(0, len(self.blocks) - 1)
+        first, layers = self.first, self.blocks
+        if first == 0:
+            yield {} if store is None else store; return
+        real = [layers[i] for i in range(first)]
+        state, own = {}, store is None
+        store = {} if own else store
+        def start(h):                                  # a repeat: the kept stream, and the kept cache entries put back
+            kept = state["kept"]
+            if kept["kv"] is not None:
+                cache = state["cache"]
+                for i, layer in enumerate(kept["kv"]):
+                    if i < len(cache.layers): cache.layers[i] = _copy_layer(layer)
+                    else: cache.layers.append(_copy_layer(layer))
+            return kept["h"]
+        def pre(mod, args, kwargs):
+            key = _batch_key(kwargs, args)
+            key = state["key"] = None if key is None else (first,) + key
+            state["cache"] = _find_cache(kwargs)
+            self._restore(real)
+            if key is not None and key in store: state["kept"] = store[key]; self._swapped(start)
+        def keep(mod, args, out):
+            self.as_tuple = isinstance(out, tuple)
+            key = state.get("key")
+            if key is not None and key not in store and len(store) < max_batches:
+                kv = [_copy_layer(l) for l in state["cache"].layers[:first]] if key[1] in ("kv", "kvp") else None
+                store[key] = dict(h=(out[0] if self.as_tuple else out).detach(), kv=kv)
+        h1 = self.model.register_forward_pre_hook(pre, with_kwargs=True)
+        h2 = real[-1].register_forward_hook(keep)
+        try: yield store
+        finally:
+            h1.remove(); h2.remove(); self._restore(real); state.clear()
+            if own: store.clear()
 
 # %% ../nbs/07_training.ipynb #4e568ad6
-@torch.no_grad()
-def prefix_states(model, first: int, batch: dict, batch_size: int = 32) -> torch.Tensor:
-    """The residual stream entering block `first` for every row of `batch` (input_ids, attention_mask and, if given,
-    position_ids), (n_rows, T, d_model) on the model's device; computed `batch_size` rows at a time, blocks `first`.. not run."""
-    layers = decoder_layers(model)
-    if not 0 < first < len(layers): raise IndexError(f"first={first}: the prefix must end inside blocks 1..{len(layers) - 1}")
-    dev, out = next(model.parameters()).device, []
-    with capture_blocks(model, [first - 1], lambda i, h: out.append(h.detach())):      # block first-1's output, then stop
-        for s in range(0, len(batch["input_ids"]), batch_size):
-            try: model(**{k: v[s:s + batch_size].to(dev) for k, v in batch.items()}, use_cache=False)
-            except _Stop: pass
-    return torch.cat(out)
-
-@contextmanager
-def from_prefix(model, first: int, states: torch.Tensor):
-    """Within the block the model skips blocks 0..`first`-1 and block `first` starts from `states` (B, T, d_model): the
-    stream those blocks give for the batch the model is called with (`prefix_states` of the same rows; the caller keeps
-    the two matched, a batch of another shape is refused)."""
-    layers = decoder_layers(model)
-    if not 0 < first < len(layers): raise IndexError(f"first={first}: the prefix must end inside blocks 1..{len(layers) - 1}")
-    def start(h):
-        if h.shape[:2] != states.shape[:2]:
-            raise ValueError(f"the batch is {tuple(h.shape[:2])} (rows, positions), the prefix states {tuple(states.shape[:2])}: "
-                             "give the states of this batch's rows")
-        return states.to(h.dtype)
-    real = [layers[i] for i in range(first)]
-    try:
-        for i, m in enumerate([KnownBlock(start)] + [KnownBlock(lambda h: h) for _ in range(first - 1)]): layers[i] = m
-        yield
-    finally:
-        for i, m in enumerate(real): layers[i] = m
-
 def lm_loss(model, batch: dict, reduction: str = "mean", dtype=torch.float32) -> torch.Tensor:
     """`next_token_loss` of `model` on `batch`, with the LM head applied at the target positions only (no (B, T, vocab)
     logits). Models without `get_output_embeddings` get the full logits."""
@@ -208,13 +251,12 @@ def lm_loss(model, batch: dict, reduction: str = "mean", dtype=torch.float32) ->
     finally: hook.remove()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).to(dtype), labels, reduction=reduction)
 
-
 # %% ../nbs/07_training.ipynb #c22c89ba
 def finetune(model, tokenizer, texts: list[str], modules: dict[str, nn.Module], steps: int = 30, lr: float = 3e-4,
              batch_size: int = 8, seed: int = 0, grad_transform=None, progress: bool = True) -> dict:
     "Fine-tune the weights of `modules` in place; returns {'delta': {name: W_ft - W_base (d_out x d_in)}, 'losses': [...]}."
-    gen = torch.Generator().manual_seed(seed)
-    base = {n: layer_weight(m).detach().clone() for n, m in modules.items()}
+    rng = torch.Generator().manual_seed(seed)
+    base = {n: writer_weight(m).detach().clone() for n, m in modules.items()}
     params = [m.weight for m in modules.values()]
     losses, dev = [], next(model.parameters()).device
     with grads_only_for(model, params):
@@ -223,7 +265,7 @@ def finetune(model, tokenizer, texts: list[str], modules: dict[str, nn.Module], 
             model.train()
             bar = tqdm(range(steps), desc="fine-tune", disable=not progress, leave=False)
             for step in bar:
-                idx = torch.randperm(len(texts), generator=gen)[:batch_size].tolist()
+                idx = torch.randperm(len(texts), generator=rng)[:batch_size].tolist()
                 enc = encode(tokenizer, [texts[i] for i in idx], dev, add_special_tokens=True)
                 loss = next_token_loss(model(**with_positions(enc), use_cache=False).logits, enc)
                 opt.zero_grad(); loss.backward()
@@ -233,4 +275,197 @@ def finetune(model, tokenizer, texts: list[str], modules: dict[str, nn.Module], 
         finally:
             model.eval()
             for p in params: p.grad = None
-    return dict(delta={n: (layer_weight(m).detach() - base[n]) for n, m in modules.items()}, losses=losses)
+    return dict(delta={n: (writer_weight(m).detach() - base[n]) for n, m in modules.items()}, losses=losses)
+
+# %% ../nbs/07_training.ipynb #tr100002
+@torch.no_grad()
+def mean_token_loss(model, tokenizer, texts: list[str], batch_size: int = 16) -> float:
+    "Mean next-token cross-entropy (nats/token) of `model` over `texts`, each encoded on its own (left-padded batches)."
+    dev, tot, n = next(model.parameters()).device, 0.0, 0
+    for chunk in batches(list(texts), batch_size):
+        enc = encode(tokenizer, chunk, dev, add_special_tokens=True)
+        tot += next_token_loss(model(**with_positions(enc), use_cache=False).logits, enc, "sum").item()
+        n += int(target_mask(enc).sum())
+    return tot / n
+
+def window_loss(model, windows: torch.Tensor, batch_size: int = 8) -> float:
+    "Mean next-token cross-entropy (nats/token) over `windows`, a (n, seq_len) tensor of token ids with no padding (`training.batch_loss`)."
+    return batch_loss(model, [dict(input_ids=x, attention_mask=torch.ones_like(x)) for x in windows.split(batch_size)])
+
+# %% ../nbs/07_training.ipynb #34e1f06c
+@contextmanager
+def with_deltas(modules: dict[str, nn.Module], base: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor] | None):
+    "Within the block the weights of `modules` are base + deltas (None: base); base is restored afterwards."
+    try:
+        with torch.no_grad():
+            for n, m in modules.items():
+                W = writer_weight(m); W.copy_(base[n])
+                if deltas is not None:
+                    if deltas[n].shape != W.shape: raise ValueError(f"delta for {n} is {tuple(deltas[n].shape)}, the weight is {tuple(W.shape)}")
+                    W += deltas[n].to(W)
+        yield
+    finally:
+        with torch.no_grad():
+            for n, m in modules.items(): writer_weight(m).copy_(base[n])
+
+# %% ../nbs/07_training.ipynb #9b6dfc45
+def _source_batch(tokenizer, source, idx: list[int], dev) -> dict:
+    "A training batch of `source` rows `idx`: texts are encoded (left-padded), a (n, seq_len) tensor of token windows is used as is."
+    if torch.is_tensor(source):
+        x = source[idx].to(dev)
+        return dict(input_ids=x, attention_mask=torch.ones_like(x))
+    return with_positions(encode(tokenizer, [source[i] for i in idx], dev, add_special_tokens=True))
+
+
+def _block_of(model, modules: dict) -> dict:
+    "The decoder block holding each of `modules` (None: outside every block)."
+    where = {id(m): i for i, b in enumerate(decoder_layers(model)) for m in b.modules()}
+    return {n: where.get(id(m)) for n, m in modules.items()}
+
+def _is_conv1d(m) -> bool: return type(m).__name__ == "Conv1D"
+
+def lowest_block(model, modules: dict) -> int:
+    "The lowest decoder block holding one of `modules`: the blocks below it can be frozen (0 for a model under `fsdp_shard`)."
+    if any(is_sharded(m.weight) for m in modules.values()): return 0
+    return min((b or 0) for b in _block_of(model, modules).values())
+
+def _step_loss(model, enc: dict, prefix: Prefix | None, states, reduction: str = "mean") -> torch.Tensor:
+    "The next-token loss of one batch (`lm_loss`), started from the kept streams of its rows above a frozen `prefix`."
+    if prefix is None: return lm_loss(model, enc, reduction)
+    with prefix.given(states): return lm_loss(model, enc, reduction)
+
+def _data_parallel_grads(model, batch_of, idx: list[int], weights: list, dev, prefix: Prefix | None = None) -> tuple[torch.Tensor, list]:
+    "(mean loss, its gradients) over batch rows `idx`, computed data-parallel: this rank's rows idx[r::W], sums all-reduced."
+    rank, n_ranks = world(); mine = idx[rank::n_ranks]
+    if mine:
+        enc, states = batch_of(mine)
+        total = _step_loss(model, enc, prefix, states, "sum")
+        count, gs = int(target_mask(enc).sum()), list(torch.autograd.grad(total, weights))
+        total = total.detach().reshape(1)
+    else:
+        count, gs, total = 0, [torch.zeros_like(w) for w in weights], torch.zeros(1, device=dev)
+    n = all_reduce_number(count)
+    if n == 0: raise ValueError("no target positions in this step's batch (sequences of one token?)")
+    all_reduce_sum_([*gs, total])
+    return total[0] / n, [g / n for g in gs]
+
+def _sharded_grads(model, batch_of, idx: list[int], weights: list) -> tuple[torch.Tensor, list]:
+    """(mean loss, this rank's shards of its gradients) over batch rows `idx` for a model under `fsdp_shard`: every rank
+    runs its rows idx[r::W] through the whole model (FSDP gathers each block's weights around it), and the backward's
+    reduce-scatter sums the gradients of the summed loss / the global token count onto their shards."""
+    rank, n_ranks = world(); mine = idx[rank::n_ranks]
+    if not mine: raise ValueError(f"a batch of {len(idx)} rows for {n_ranks} ranks: under fsdp_shard every rank needs rows; "
+                                  f"give batch_size >= {n_ranks}")
+    enc, _ = batch_of(mine)
+    n = all_reduce_number(int(target_mask(enc).sum()))
+    if n == 0: raise ValueError("no target positions in this step's batch (sequences of one token?)")
+    total = lm_loss(model, enc, "sum")
+    (total / n).backward()
+    gs = [w.grad.to_local() for w in weights]
+    for w in weights: w.grad = None
+    return torch.tensor(all_reduce_number(total.item()) / n), gs
+
+def _source_batches(model, tokenizer, sources: dict, modules: dict, first: int, store: dict | None, dev):
+    """`batch_of(source, idx)` -> (the batch of the source's rows `idx`, their streams entering block `first` or None).
+    Above a frozen prefix (`first` > 0) every source's rows are encoded once (texts padded to their source's longest) and
+    their streams kept (`Prefix.streams`); refused when one of `modules` lies below block `first`."""
+    if not first: return lambda s, idx: (_source_batch(tokenizer, sources[s], idx, dev), None)
+    low = sorted(n for n, b in _block_of(model, modules).items() if b is None or b < first)
+    if low: raise ValueError(f"frozen_below={first}: {', '.join(low[:4])} lie below block {first} or outside the decoder "
+                             "blocks; freeze only blocks under the lowest trained one")
+    rows = {s: _source_batch(tokenizer, d, list(range(len(d))), dev) for s, d in sources.items()}
+    kept = {s: Prefix(model, first).streams(rows[s], store) for s in sources}
+    return lambda s, idx: ({k: v[idx] for k, v in rows[s].items()}, kept[s][idx])
+
+def _step_grads(model, batch_of, idx: list[int], weights: list, dev, prefix: Prefix | None, sharded: bool) -> tuple[torch.Tensor, list]:
+    "(mean loss, gradients of `weights`) over batch rows `idx`: in this process, data-parallel, or on this rank's shards."
+    if sharded: return _sharded_grads(model, batch_of, idx, weights)
+    if is_distributed(): return _data_parallel_grads(model, batch_of, idx, weights, dev, prefix)
+    enc, states = batch_of(idx)
+    loss = _step_loss(model, enc, prefix, states)
+    return loss, torch.autograd.grad(loss, weights)
+
+def _adam_step(m: torch.Tensor, v: torch.Tensor, g: torch.Tensor, t: int, betas, eps: float, lr: float) -> torch.Tensor:
+    "Adam's step for gradient `g` at step `t` (1, 2, ...), updating the moments `m` and `v` in place (eq. 8, one source)."
+    b1, b2 = betas
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    denom = (v / (1 - b2 ** t)).sqrt_().add_(eps)
+    m.mul_(b1).add_(g, alpha=1 - b1)
+    return m / (1 - b1 ** t) / denom * -lr
+
+def _projected(project, name: str, upd: torch.Tensor, whole, sharded: bool) -> torch.Tensor:
+    """`project(name, upd)`; for a weight under `fsdp_shard` (`whole` its DTensor) on this rank's rows with the projection's
+    `on_rows` (one small all-reduce), or gathered, projected and cut back to the rank's rows."""
+    if not sharded: return project(name, upd)
+    if (first_row := row_shard(whole)) is not None and hasattr(project, "on_rows"): return project.on_rows(name, upd, first_row)
+    return local_shard(project(name, gather_shard(upd, whole)), whole)
+
+def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.Module], steps: int = 60,
+                        lr: float = 1e-3, batch_size: int | dict[str, int] = 8, seed: int = 0, project: dict | None = None,
+                        betas=(0.9, 0.999), eps: float = 1e-8, evaluate=None, eval_every: int = 0,
+                        frozen_below: int = 0, prefix_store: dict | None = None, progress: bool = True) -> dict:
+    """Adam with per-source moments on the weights of `modules`, one batch per source per step, keeping each source's share (eq. 8).
+
+    `sources` maps a name to a list of texts or to a (n, seq_len) tensor of token windows; `batch_size` is one size
+    for all or {source: size}. `project[source](name, step)` transforms that source's share of each step (OGD, eq. 7).
+    `evaluate(model)` -> {metric: number}, if given, runs at step 0, every `eval_every` steps and after the last.
+    Under torch.distributed every rank passes the same sources and seed (so all draw the same batch indices), works on
+    its share of each batch's rows and all-reduces the summed gradients: the same steps as one process, up to rounding.
+    With a model under `fsdp_shard` (06_distributed) the weights, their gradients, the Adam moments and the per-source
+    shares stay sharded: each rank updates its rows of each weight; a `project` step is projected on the rank's rows when
+    the projection offers `on_rows` (`sgen_projector`: one all-reduce of an i x j matrix), else gathered, projected and
+    cut back to the rank's rows (one all-gather of the layer's step); both exact. Nothing is frozen (`frozen_below` must be 0) and the
+    returned deltas are gathered, whole, on every rank.
+    `frozen_below`: no module lies below this block, so each source's rows enter it from streams computed once
+    (`Prefix.streams`; texts are then padded to the longest text of their source) and `evaluate` replays them
+    (`Prefix.replayed`); `prefix_store`: a dict that keeps those streams across calls on the same model.
+    Returns {'delta': {name: dW}, 'parts': {source: {name: dW_s}}, 'losses': {source: [...]}, 'curve': [{'step', ...}],
+    'seen': {source: [indices drawn]}} with dW = sum_s dW_s in (d_out, d_in) layout."""
+    if not sources or any(len(t) == 0 for t in sources.values()): raise ValueError("every data source needs at least one text")
+    unknown = set(project or {}) - set(sources)
+    if unknown: raise ValueError(f"project names sources {sorted(unknown)}; the sources are {sorted(sources)}")
+    bs = batch_size if isinstance(batch_size, dict) else {s: batch_size for s in sources}
+    if set(bs) != set(sources) or any(int(b) < 1 for b in bs.values()):
+        raise ValueError(f"batch_size {batch_size!r}: give one size >= 1, or one per source {sorted(sources)}")
+    if eval_every < 0: raise ValueError(f"eval_every={eval_every}: give 0 (no evaluation along the way) or a number of steps")
+    rng, dev, first = torch.Generator().manual_seed(seed), next(model.parameters()).device, int(frozen_below)
+    sharded = any(is_sharded(m.weight) for m in modules.values())
+    if sharded and first: raise ValueError(f"frozen_below={first}: a model under fsdp_shard runs every block; give frozen_below=0")
+    batch_of = _source_batches(model, tokenizer, sources, modules, first, prefix_store, dev)
+    eval_store = {} if prefix_store is None else prefix_store
+    dt = {n: writer_weight(m) for n, m in modules.items()}                    # (d_out, d_in) views (sharded: DTensors)
+    W = {n: (w.to_local() if sharded else w) for n, w in dt.items()}          # what this rank updates: all, or its rows
+    base = {n: w.detach().clone() for n, w in W.items()}
+    mom = {s: {n: torch.zeros_like(w) for n, w in W.items()} for s in sources}
+    parts = {s: {n: torch.zeros_like(w) for n, w in W.items()} for s in sources}
+    v = {s: {n: torch.zeros_like(w) for n, w in W.items()} for s in sources}
+    losses, seen, curve = {s: [] for s in sources}, {s: set() for s in sources}, []
+    prefix = Prefix(model, first) if first else None
+    def record(t):
+        if evaluate is not None and (t == 0 or t == steps or eval_every and t % eval_every == 0):
+            with Prefix(model, first).replayed(eval_store): got = evaluate(model)
+            curve.append(dict(step=t, **{k: float(x) for k, x in got.items()}))
+    record(0)
+    weights = [m.weight for m in modules.values()]
+    with grads_only_for(model, weights):
+        bar = tqdm(range(1, steps + 1), desc="fine-tune", disable=not progress or world()[0] > 0, leave=False)
+        for t in bar:
+            grads = {}
+            for s, data in sources.items():
+                idx = torch.randperm(len(data), generator=rng)[:bs[s]].tolist(); seen[s].update(idx)
+                loss, gs = _step_grads(model, lambda r: batch_of(s, r), idx, weights, dev, prefix, sharded)
+                gs = {n: (g.T if _is_conv1d(modules[n]) else g) for n, g in zip(modules, gs)}   # Conv1D stores (d_in, d_out)
+                if not all(torch.isfinite(g).all() for g in gs.values()):
+                    raise FloatingPointError(f"non-finite gradient at step {t} ({s}): lower lr={lr}")
+                grads[s] = gs; losses[s].append(loss.item())
+            with torch.no_grad():
+                for n, w in W.items():
+                    for s in sources:
+                        upd = _adam_step(mom[s][n], v[s][n], grads[s][n], t, betas, eps, lr)
+                        if project and s in project: upd = _projected(project[s], n, upd, dt[n], sharded)
+                        parts[s][n] += upd; w += upd
+            bar.set_postfix({s: f"{l[-1]:.2f}" for s, l in losses.items()})
+            with torch.no_grad(): record(t)
+    whole = (lambda n, x: gather_shard(x, dt[n])) if sharded else (lambda n, x: x)
+    return dict(delta={n: whole(n, W[n].detach() - base[n]) for n in W}, parts={s: {n: whole(n, x) for n, x in p.items()} for s, p in parts.items()},
+                losses=losses, curve=curve, seen={s: sorted(i) for s, i in seen.items()})

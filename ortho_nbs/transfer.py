@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from .hooks import decoder_layers, residual_states, encode_prompts, with_positions, _Stop
-from .training import KnownBlock   # a decoder block whose output is known (also frozen_prefix's)
+from .hooks import decoder_layers, residual_states, encode_prompts, with_positions
+from .training import Prefix
 from .data import load_data
 from .evaluation import holm   # Holm's adjustment, shared with 10_ablation
 
@@ -244,24 +244,12 @@ def steered_propensities(model, tokenizer, prompts: list[str], layer: int, vecto
     inp = with_positions(encode_prompts(tokenizer, prompts, chat=False, device=p.device))
     n, V, cur = len(prompts), vectors.to(p.device, p.dtype), {}
     base = getattr(model, "base_model", model)      # the decoder stack with its final norm, no LM head
-    prefix = {}
-    if reuse_prefix:                                 # the state after block `layer`, unsteered, once per prompt
-        def grab(mod, args, o):
-            prefix.update(h=o, plain=not isinstance(o, tuple)); raise _Stop
-        hp = blocks[layer].register_forward_hook(grab)
-        try: base(**inp, use_cache=False)
-        except _Stop: pass
-        finally: hp.remove()
-        reuse_prefix = prefix["plain"]               # blocks that return tuples: steer the full stack instead
+    if reuse_prefix:                                 # the stream after block `layer`, unsteered, once per prompt
+        pre = Prefix(model, layer + 1); H0 = pre.states(inp, batch_size=n)
     def hook(mod, args, o):
         if isinstance(o, tuple): return (o[0] + cur["v"],) + tuple(o[1:])
         return o + cur["v"]
-    saved = [blocks[i] for i in range(layer + 1)]
-    if reuse_prefix:
-        for i in range(layer): blocks[i] = KnownBlock(lambda h: h)
-        blocks[layer] = KnownBlock(lambda h: cur["h"] + cur["v"])
-        h = None
-    else: h = blocks[layer].register_forward_hook(hook)
+    h = None if reuse_prefix else blocks[layer].register_forward_hook(hook)
     lens = inp["attention_mask"].sum(1).cpu()
     by_len = sorted(range(n), key=lambda i: (int(lens[i]), i))          # rows prompt by prompt, shortest first: a batch pads
     order = torch.tensor([j * n + i for i in by_len for j in range(len(V))], dtype=torch.long)   # only to its own longest prompt
@@ -269,14 +257,16 @@ def steered_propensities(model, tokenizer, prompts: list[str], layer: int, vecto
     try:
         for rows in tqdm(order.split(batch_size), desc="steered", disable=not progress, leave=False):
             i = rows % n; L = int(lens[i].max()); i = i.to(p.device); cur["v"] = V[rows // n][:, None, :]
-            if reuse_prefix: cur["h"] = prefix["h"][i][:, -L:]              # left padding: the last L positions hold every real token
-            z = base(**{k: t[i][:, -L:] for k, t in inp.items()}, use_cache=False).last_hidden_state[:, -1].float() @ W.T
+            batch = {k: t[i][:, -L:] for k, t in inp.items()}                # left padding: the last L positions hold every real token
+            if reuse_prefix:
+                with pre.given(H0[i][:, -L:] + cur["v"]): z = base(**batch, use_cache=False).last_hidden_state[:, -1]
+            else: z = base(**batch, use_cache=False).last_hidden_state[:, -1]
+            z = z.float() @ W.T
             if bias is not None: z = z + bias
             if cap: z = torch.tanh(z / cap) * cap
             res[rows] = (torch.logsumexp(z[:, :len(pos_ids)], 1) - torch.logsumexp(z[:, len(pos_ids):], 1)).float().cpu()
     finally:
         if h is not None: h.remove()
-        for i, b in enumerate(saved): blocks[i] = b
     return res.view(len(V), n)
 
 def secant_slopes(model, tokenizer, prompts, layer: int, directions: torch.Tensor, alpha: float, scale: float, pos_ids, neg_ids,

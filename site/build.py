@@ -27,14 +27,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SITE_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT / "_site"
 
-# Notebooks in the left-hand navigation, grouped; anything in nbs/ not named here goes under "More" (cli last).
+def _numbered(pattern: str) -> list[str]:
+    "The stems of the notebooks nbs/<pattern>_*.ipynb, in order."
+    return sorted(p.stem for p in (ROOT / "nbs").glob(f"{pattern}_*.ipynb"))
+
+# Notebooks in the left-hand navigation, grouped by their numbers; anything in nbs/ not named here goes under "More" (cli last).
 NAV_GROUPS = [
     ("Results", ["scoreboard"]),
-    ("Foundations", sorted(p.stem for p in (ROOT / "nbs").glob("0[0-9]_*.ipynb"))),   # every plumbing notebook, in order
-    ("Paper 1: targeted ablation", ["papers/1_targeted_ablation", "10_ablation"]),
-    ("Paper 2: LibOrtho v2.0", ["papers/2_libortho", "20_kfac", "21_spectra", "30_ogd", "31_lmc"]),
-    ("Paper 3: representation transfer", ["papers/3_representation_transfer", "40_transfer"]),
-    ("At the papers' scale", ["50_costs"]),
+    ("Foundations", _numbered("0[0-9]")),                                          # every plumbing notebook, in order
+    ("Paper 1: targeted ablation", ["papers/1_targeted_ablation", *_numbered("1[0-9]")]),
+    ("Paper 2: LibOrtho v2.0", ["papers/2_libortho", *_numbered("[23][0-9]")]),
+    ("Paper 3: representation transfer", ["papers/3_representation_transfer", *_numbered("4[0-9]")]),
+    ("At the papers' scale", _numbered("5[0-9]")),
 ]
 LAST = ["cli"]   # plumbing: kept, but at the end of the navigation
 PAPERS = {"1": "Non-gradient targeted ablation", "2": "LibOrtho v2.0", "3": "Linear Representation Transferability"}
@@ -160,29 +164,6 @@ def _shorten(text: str, where: str) -> str:
     return "".join(lines[:KEEP_HEAD] + [f"... [{cut} lines not shown here; the full output is in {where}] ...\n"] + lines[-KEEP_TAIL:])
 
 
-FIG_PATH = re.compile(r"PosixPath\('([^']*/figures/([^'/]+))'\)")
-
-
-def _figure_note(paths: list[tuple[str, str]], figures_dir: Path) -> dict:
-    "An output that replaces `[PosixPath('.../figures/x.png'), ...]`: where the figure is stored and its provenance."
-    names = [name for _, name in paths]
-    stems = sorted({Path(n).stem for n in names})
-    bits = []
-    for stem in stems:
-        side = figures_dir / f"{stem}.json"
-        prov = ""
-        if side.exists():
-            try:
-                p = json.loads(side.read_text()).get("provenance", {})
-                prov = f" (profile {html.escape(str(p.get('profile', '?')))}, commit {html.escape(str(p.get('git_commit', ''))[:7])})"
-            except json.JSONDecodeError:
-                pass
-        files = ", ".join(f"<code>figures/{html.escape(n)}</code>" for n in names if Path(n).stem == stem)
-        bits.append(f"{files}{prov}")
-    return {"output_type": "display_data", "metadata": {},
-            "data": {"text/html": f'<p class="figure-stored">Stored as {"; ".join(bits)}.</p>'}}
-
-
 def figure_caption(name: str, figures_dir: Path, heading: str = "") -> str:
     "A figure's caption (MyST): what it is, where it came from (its JSON sidecar's provenance), links to the SVG and sidecar."
     prov = {}
@@ -214,11 +195,11 @@ def at_a_glance(name: str, results: dict, figures_dir: Path) -> str | None:
             f"([claims](#{claims_anchor(name)})).\n\n```{{raw}} html\n<details class=\"glance\"><summary>the verdicts</summary>{table}</details>\n```\n{fig}:::\n")
 
 
-def stage_notebook(nb: dict, name: str, results: dict | None, commit: tuple[str, str, bool], figures_dir: Path) -> tuple[dict, list[str]]:
-    "A reading copy of one notebook; also returns the figure files (repo-relative) its outputs name."
+def stage_notebook(nb: dict, name: str, results: dict | None, commit: tuple[str, str, bool], figures_dir: Path) -> dict:
+    "A reading copy of one notebook."
     nb = copy.deepcopy(nb)
     nb["metadata"]["language_info"] = {"name": "python", "pygments_lexer": "ipython3"}
-    cells, figure_refs = [], []
+    cells = []
     claims_idx, heading, glanced = None, "", False
     for c in nb["cells"]:
         src = "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
@@ -234,22 +215,16 @@ def stage_notebook(nb: dict, name: str, results: dict | None, commit: tuple[str,
                 tags.append("hide-input")          # a check cell: folded on the page, kept in the notebook
             if not c["source"].strip() and not c.get("outputs"):
                 continue
-            outs, notes = [], []
+            outs = []
             for o in c.get("outputs", []):
                 if o["output_type"] == "stream":
                     o["text"] = _shorten("".join(o["text"]), f"nbs/{name}.ipynb")
                 elif o["output_type"] in ("execute_result", "display_data"):
                     data = o.get("data", {})
-                    plain = "".join(data.get("text/plain", ""))
-                    figs = FIG_PATH.findall(plain)
-                    if figs and set(data) == {"text/plain"}:
-                        figure_refs += [f"figures/{n}" for _, n in figs]
-                        notes.append(_figure_note(figs, figures_dir))
-                        continue
                     if set(data) == {"text/plain"}:
-                        data["text/plain"] = _shorten(plain, f"nbs/{name}.ipynb")
+                        data["text/plain"] = _shorten("".join(data["text/plain"]), f"nbs/{name}.ipynb")
                 outs.append(o)
-            c["outputs"] = outs + notes
+            c["outputs"] = outs
             saved = SAVEFIG.findall(src)
             if len(saved) == 1 and any(k.startswith("image/") for o in outs for k in o.get("data", {})):
                 c["metadata"]["mystnb"] = {"figure": {"caption": figure_caption(saved[0], figures_dir, heading)}}
@@ -269,7 +244,7 @@ def stage_notebook(nb: dict, name: str, results: dict | None, commit: tuple[str,
         cells.insert(at, _cell("markdown", f"({claims_anchor(name)})=", f"site-claims-{name}"))
     cells.append(_cell("markdown", provenance_footer(name, results, commit), f"site-provenance-{name}"))
     nb["cells"] = cells
-    return nb, figure_refs
+    return nb
 
 
 def provenance_footer(name: str, results: dict | None, commit: tuple[str, str, bool]) -> str:
@@ -506,17 +481,16 @@ def stage(src: Path, root: Path = ROOT) -> dict:
         for c in d["claims"]:
             if is_evidence(c): counts[verdict_class(str(c.get("verdict", "")))] += 1
     counts_line = "of the papers' claims tested, " + ", ".join(f"{counts[k]} {label}" for k, label in VERDICTS if counts[k])
-    figure_refs, n_images = {}, {}
+    n_images = {}
     for name, nb in notebooks.items():
-        staged, refs = stage_notebook(nb, name, results.get(name), commits[name], figures_dir)
+        staged = stage_notebook(nb, name, results.get(name), commits[name], figures_dir)
         if name == "index":
             staged = stage_index(staged, order, n_claims, counts_line, titles)
-        figure_refs[name] = refs
         n_images[name] = sum(1 for c in staged["cells"] for o in c.get("outputs", [])
                              if any(k.startswith("image/") for k in o.get("data", {})))
         n_images[name] += sum(1 for c in staged["cells"] if c["id"].startswith("site-glance-") and "{figure}" in c["source"])
         (src / f"{name}.ipynb").write_text(json.dumps(staged, ensure_ascii=False, indent=1))
-    return dict(order=order, n_claims=n_claims, counts=counts, figure_refs=figure_refs, n_images=n_images,
+    return dict(order=order, n_claims=n_claims, counts=counts, n_images=n_images,
                 titles=titles)
 
 

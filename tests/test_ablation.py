@@ -1,40 +1,12 @@
 import re
 import pytest, torch
-from ortho_nbs.models import tiny_model, tiny_tokenizer, TINY_FAMILIES
+from ortho_nbs.models import tiny_model, tiny_tokenizer
 from ortho_nbs.hooks import residual_writers, writer_weight
 from ortho_nbs.ablation import (behaviour_directions, aggregate_direction, target_layers, unit_direction, orthogonalize_,
-                                restore_, ablated, orthogonalized, is_avoidance, opening_scores)
+                                ablated, orthogonalized, is_avoidance, opening_scores)
 
 
 def _u(d=32, seed=1): return unit_direction(torch.randn(d, generator=torch.Generator().manual_seed(seed)))
-
-
-@pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_edited_writers_cannot_write_along_u(family):
-    m, u = tiny_model(family), _u()
-    orthogonalize_(m, u, [1, 3])
-    for l in (1, 3):
-        for mod in residual_writers(m, l).values():
-            assert (u @ writer_weight(mod)).abs().max() < 1e-6
-
-
-@pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_untouched_layers_bit_identical_and_restore_exact(family):
-    m, ref, u = tiny_model(family), tiny_model(family), _u()
-    before = {k: v.clone() for k, v in m.state_dict().items()}
-    orig = orthogonalize_(m, u, [2])
-    changed = {k for k, v in m.state_dict().items() if not torch.equal(v, before[k])}
-    assert changed and all(".2." in k for k in changed)
-    restore_(m, orig)
-    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
-
-
-def test_idempotent():
-    m, u = tiny_model(), _u()
-    orthogonalize_(m, u, [0, 1, 2, 3])
-    once = {k: v.clone() for k, v in m.state_dict().items()}
-    orthogonalize_(m, u, [0, 1, 2, 3])
-    assert max((once[k] - v).abs().max().item() for k, v in m.state_dict().items()) < 1e-6
 
 
 def test_context_manager_and_copy_leave_model_untouched():

@@ -4,8 +4,10 @@ Cheap stand-ins replace the 20-60 s dequantisation: a tiny random model written 
 import json, os, re, shutil, subprocess, sys, textwrap, time
 from pathlib import Path
 import pytest, torch
+import ortho_nbs.cache as C
 import ortho_nbs.models as M
-from ortho_nbs.models import CacheWarning, entry_problem, load_model, save_model, tiny_model, tiny_tokenizer
+from ortho_nbs.cache import CacheWarning, entry_problem
+from ortho_nbs.models import load_model, save_model, tiny_model, tiny_tokenizer
 
 NAME = "smollm2-135m-instruct"
 FAKE_SHA = "ab" * 32
@@ -78,10 +80,10 @@ def test_assembled_gguf_is_rebuilt_when_its_hash_differs(tmp_path, monkeypatch):
     data = b"chunk" * 1000; sha = hashlib.sha256(data).hexdigest(); target = tmp_path / "cache" / "gguf" / "m.gguf"
     calls = []
     def build(tmp): calls.append(tmp); tmp.write_bytes(data)
-    assert M._cached_file(target, build, sha, "chunks").read_bytes() == data
-    M._cached_file(target, build, sha, "chunks"); assert len(calls) == 1
+    assert C.cached_file(target, build, sha, "chunks").read_bytes() == data
+    C.cached_file(target, build, sha, "chunks"); assert len(calls) == 1
     os.truncate(target, 100)
-    with pytest.warns(CacheWarning, match=re.escape(str(target))): M._cached_file(target, build, sha, "chunks")
+    with pytest.warns(CacheWarning, match=re.escape(str(target))): C.cached_file(target, build, sha, "chunks")
     assert target.read_bytes() == data and len(calls) == 2
 
 
@@ -143,24 +145,14 @@ def test_finetune_cache_heals(tmp_path, monkeypatch):
         for n, d in first[label]["delta"].items(): assert torch.equal(d, again[label]["delta"][n])
 
 
-def test_finetune_cache_from_before_manifests_is_kept(tmp_path, monkeypatch):
-    monkeypatch.setenv("ORTHO_NBS_CACHE", str(tmp_path))
-    first = _finetunes()
-    folder = Path(first["cached"]).parent
-    legacy = folder.with_name(folder.name + ".pt")
-    os.replace(folder / "runs.pt", legacy); import shutil; shutil.rmtree(folder)   # the old layout: one .pt file
-    again = _finetunes()
-    assert again["loaded"] and not legacy.exists() and entry_problem(folder) is None   # moved into an entry, not re-run
-
-
-# ---- issue #36: bit rot, a full hash once per reproduce run, `ortho-nbs cache verify`, a read-only cache ----
+# ---- bit rot, a full hash once per reproduce run, `ortho-nbs cache verify`, a read-only cache ----
 
 LEDGER = "ORTHO_NBS_CACHE_VERIFIED"      # where `ortho-nbs reproduce` keeps the entries it hashed in full
 
 
 def _entry(cache: Path, name: str = "e") -> Path:
     "A small cache entry (1000 bytes of x) under cache/models."
-    return M.cached_entry(cache / "models" / name, lambda t: (t.mkdir(), (t / "w.bin").write_bytes(b"x" * 1000)), "a test source")
+    return C.cached_entry(cache / "models" / name, lambda t: (t.mkdir(), (t / "w.bin").write_bytes(b"x" * 1000)), "a test source")
 
 
 def _rot(path: Path, data: bytes):
@@ -191,7 +183,7 @@ def test_reproduce_hashes_each_cache_entry_it_uses(tmp_path, monkeypatch):
     root = tmp_path / "proj"; (root / "nbs").mkdir(parents=True); (root / "settings.ini").write_text("[smoke]\n")
     nb = nbformat.v4.new_notebook(metadata=dict(kernelspec=dict(name="python3", display_name="python3", language="python")))
     nb.cells = [nbformat.v4.new_code_cell("profile = 'paper'\nout_dir = None", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell("from pathlib import Path\nfrom ortho_nbs.models import cached_entry\n"
+                nbformat.v4.new_code_cell("from pathlib import Path\nfrom ortho_nbs.cache import cached_entry\n"
                                           f"cached_entry(Path({str(e)!r}), lambda t: (t.mkdir(), (t / 'w.bin').write_bytes(b'x' * 1000)), 'src')")]
     nbformat.write(nb, root / "nbs" / "01_demo.ipynb")
     reproduce("smoke", root=root, out=tmp_path / "run", progress_s=0)
@@ -209,6 +201,20 @@ def test_cache_verify_command(tmp_path, monkeypatch, capsys):
     assert f"DAMAGED  {bad}: has w.bin changed since it was written (its SHA-256 differs)" in out and f"ok       {good}" in out
     assert main(["cache", "verify", "--repair"]) == 0 and not bad.exists() and good.exists()
     assert _entry(tmp_path, "bad") and (bad / "w.bin").read_bytes() == b"x" * 1000      # its next use rebuilds it
+
+
+def test_cache_verify_command_hashes_the_assembled_ggufs(tmp_path, monkeypatch, capsys):
+    import hashlib, ortho_nbs.models as M
+    from ortho_nbs.runner import main
+    monkeypatch.setenv("ORTHO_NBS_CACHE", str(tmp_path))
+    f = tmp_path / "gguf" / "m.gguf"; f.parent.mkdir(); f.write_bytes(b"assembled")
+    sha = hashlib.sha256(b"assembled").hexdigest()
+    monkeypatch.setattr(M, "cached_ggufs", lambda: [(f, sha)])
+    assert main(["cache", "verify"]) == 0 and f"ok       {f}" in capsys.readouterr().out
+    f.write_bytes(b"assembleD")
+    assert main(["cache", "verify"]) == 1
+    assert f"DAMAGED  {f}: does not have the SHA-256 {sha[:16]}... it should" in capsys.readouterr().out
+    assert main(["cache", "verify", "--repair"]) == 0 and not f.exists()
 
 
 def _read_only(cache: Path, code: str) -> subprocess.CompletedProcess:
@@ -235,9 +241,9 @@ def test_read_only_cache_with_good_entries_just_works(tmp_path, monkeypatch):
     (cache / "data.bin").write_bytes(b"data")                       # hashed for the first time: its memo cannot be written
     r = _read_only(cache, PROBE + textwrap.dedent(f"""
         from pathlib import Path
-        import hashlib, ortho_nbs.models as M
-        print('ENTRY', M.cached_entry(Path({str(e)!r}), lambda t: 1 / 0, 'nowhere'))
-        print('SHA', M.file_sha256(Path({str(cache / 'data.bin')!r})) == hashlib.sha256(b'data').hexdigest())"""))
+        import hashlib, ortho_nbs.cache as C
+        print('ENTRY', C.cached_entry(Path({str(e)!r}), lambda t: 1 / 0, 'nowhere'))
+        print('SHA', C.file_sha256(Path({str(cache / 'data.bin')!r})) == hashlib.sha256(b'data').hexdigest())"""))
     assert r.returncode == 0 and "WRITABLE" not in r.stdout, r.stderr[-3000:]
     assert f"ENTRY {e}" in r.stdout and "SHA True" in r.stdout
     assert sorted(p.name for p in cache.iterdir()) == ["data.bin", "models"]     # nothing written: no memo, no lock
@@ -249,9 +255,9 @@ def test_read_only_cache_with_a_damaged_entry_says_which_and_how_to_fix_it(tmp_p
     os.truncate(e / "w.bin", 10)
     r = _read_only(cache, PROBE + textwrap.dedent(f"""
         from pathlib import Path
-        import ortho_nbs.models as M
-        try: M.cached_entry(Path({str(e)!r}), lambda t: 1 / 0, 'the GGUF')
-        except M.CacheError as err: print('CacheError:', err)"""))
+        import ortho_nbs.cache as C
+        try: C.cached_entry(Path({str(e)!r}), lambda t: 1 / 0, 'the GGUF')
+        except C.CacheError as err: print('CacheError:', err)"""))
     assert r.returncode == 0 and "WRITABLE" not in r.stdout, r.stderr[-3000:]
     msg = r.stdout.split("CacheError: ", 1)[1]
     assert msg.startswith(f"ortho-nbs cache: {e} has w.bin of 10 bytes where 1000 were written, and it cannot be rebuilt")

@@ -77,13 +77,13 @@ def test_two_runs_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
 
 
 def test_runner_and_run_write_every_file_atomically(tmp_path, monkeypatch):
-    "summary.json, check.json, notebooks published into nbs/, and a figure's PNG and SVG go through _atomic_write."
+    "summary.json, check.json, notebooks published into nbs/, and a figure's PNG and SVG go through atomic_write."
     written = []
     def spy(original):
         def write(path, data): written.append(Path(path).name); return original(path, data)
         return write
-    monkeypatch.setattr(runner, "_atomic_write", spy(runner._atomic_write))
-    monkeypatch.setattr(provenance, "_atomic_write", spy(provenance._atomic_write))
+    monkeypatch.setattr(runner, "atomic_write", spy(runner.atomic_write))
+    monkeypatch.setattr(provenance, "atomic_write", spy(provenance.atomic_write))
     root = _project(tmp_path)
     reproduce("paper", root=root, progress_s=0)                                   # publishes into the checkout
     assert {"summary.json", "paper_summary.json", "01_demo.ipynb"} <= set(written)

@@ -12,7 +12,7 @@ def test_00_models(run_notebook):
     assert m["reload_max_abs_logit_diff"] == 0.0 and m["reload_generation_identical"] == 1.0
     assert {x["name"] for x in r["provenance"]["models"]} == {"smollm2-135m-instruct", "gemma-3-270m"}
     assert all(len(x["sha256"]) == 64 for x in r["provenance"]["models"])
-    assert [c["kind"] for c in r["claims"]] == ["check"] * 3 and r["claims"][1]["verdict"] == "holds"   # the reload is exact
+    assert {c["id"]: c["verdict"] for c in r["claims"]}["saved_model_reloads"] == "holds"   # decided from the metrics above
 
 
 def test_01_hooks(run_notebook, smoke_dir):
@@ -25,7 +25,7 @@ def test_01_hooks(run_notebook, smoke_dir):
     assert [(c["kind"], c["number"]) for c in r["claims"]] == [("check", "01.1")]
 
 
-@pytest.mark.parametrize("stem", ["02_data", "04_provenance", "05_runner", "06_distributed", "07_training"])
+@pytest.mark.parametrize("stem", ["02_data", "04_provenance", "05_runner", "06_distributed", "07_training", "08_splits", "09_cache", "29_canary"])
 def test_library_notebooks_pass_their_checks(stem, run_notebook):
     run_notebook(stem)    # raises NotebookFailed if any of the notebook's own checks fails
 
@@ -33,8 +33,6 @@ def test_library_notebooks_pass_their_checks(stem, run_notebook):
 def test_50_costs(run_notebook, smoke_dir):
     r = run_notebook("50_costs")
     m = r["metrics"]
-    assert m["n_sizes_fitted"] == 3 and m["n_measurements"] == 4 * 7      # 3 fitted sizes + 1 held out, 7 stages each
-    assert [(c["id"], c["kind"]) for c in r["claims"]] == [("heldout_time", "check"), ("heldout_memory", "check")]
     # byte arithmetic, not a fit: LLaMA-7B's fine-tune step (weights, gradients, two Adam moments per source) does not fit
     # one 80 GB GPU, and FSDP2 over 8 divides the sharded part by 8 (one gathered block added)
     one, eight = m["paper_LLaMA_7B_finetune_step_h100x1_gib"], m["paper_LLaMA_7B_finetune_step_h100x8_gib"]
@@ -48,15 +46,15 @@ def test_50_costs(run_notebook, smoke_dir):
 def test_10_ablation(run_notebook):
     r = run_notebook("10_ablation")
     m, claims = r["metrics"], {c["id"]: c for c in r["claims"]}
-    assert m["n_heldout_pairs"] == 12 and m["n_train_pairs"] == 24 and m["window_first_layer"] == 21
-    assert m["n_frames"] == 36 and m["n_categories"] == 10 and m["heldout_4grams_seen_in_training"] < 0.05
+    assert m["window_first_layer"] == 21                # window_start 0.7 of SmolLM2's 30 layers
+    assert m["heldout_4grams_seen_in_training"] < 0.05
     assert m["n_pairs_stage1"] == 6                     # Stage 1: the closer half of 24 candidates, then its more divergent half
     assert m["avoidance_base"] >= 0.25                  # the behaviour exists on held-out prompts (SmolLM2: ~0.4-0.6)
     assert m["avoidance_benign_base"] < m["avoidance_base"]
     assert m["avoidance_ablated"] < m["avoidance_base"] - 0.2    # smoke: 0.58 -> 0.00; a broken edit would leave it
     assert m["avoidance_ablated_stage1"] < m["avoidance_base"] - 0.2
     assert m["avoidance_random_direction_max"] > m["avoidance_ablated"]
-    assert m["null_scorer_agreement"] >= 0.9 and m["n_null_draws"] == 6 and 0 < m["avoidance_null_p_stage1"] <= 1
+    assert m["null_scorer_agreement"] >= 0.9 and 0 < m["avoidance_null_p_stage1"] <= 1
     assert m["probe_negative_controls_passed"] == 1 and m["n_probe_controls"] >= 20    # planted wrong answers score wrong
     assert m["n_compliance_labels"] >= 40 and 0.5 < m["compliance_scorer_agreement"] < 1
     assert m["n_must_refuse"] == 12 and 0 <= m["must_refuse_base"] <= 1
@@ -65,8 +63,7 @@ def test_10_ablation(run_notebook):
     assert 0 <= m["kl_neutral_nats"] < 0.5 and 0 <= m["kl_neutral_nats_stage1"] < 0.5   # small edits (smoke: ~0.07, ~0.04)
     assert m["kl_neutral_searched_heldout_nats"] >= 0 and m["random_subspace_dim"] >= 1
     assert m["n_search_trials"] == 2 and 0 < m["direction_split_half_cosine"] <= 1
-    assert len(claims) >= 25 and {c["kind"] for c in claims.values()} == {"paper", "precondition", "control", "extension", "check"}
-    assert claims["removed_heldout"]["requires"] == ["behaviour_present"] and claims["probes_can_fail"]["verdict"] == "holds"
+    assert claims["probes_can_fail"]["verdict"] == "holds"
     for c in claims.values():                           # a paper claim whose precondition failed is not tested, and says so
         failed = [q for q in c.get("requires", []) if claims[q]["verdict"] != "holds"]
         assert (c["verdict"] == "not tested") == bool(failed), c["id"]
@@ -81,7 +78,6 @@ def test_21_spectra(run_notebook):
     assert m["mp_edge_rel_err_synthetic"] < 0.05 and m["mp_spikes_found_synthetic"] == 3
     assert m["n_block_params"] == 576 * 1536 and m["top_eig_before"] > 0 and m["hessian_tokens"] == 31   # one 32-token sequence
     assert m["mp_edge"] > 0 and m["mp_outliers"] >= 1                      # even 6 Lanczos steps find the top outlier beyond the bulk
-    assert [c["id"] for c in r["claims"]] == ["slq_exact", "mp_fit_recovers_edge", "hessian_heavy_tail", "hessian_thresholds_summed"]
 
 
 def test_31_lmc(run_notebook):
@@ -90,8 +86,6 @@ def test_31_lmc(run_notebook):
     assert m["n_points"] == 3 and m["domain_loss_finetuned"] < m["domain_loss_base"] < m["domain_loss_finetuned"] + 0.2
     assert m["lmc_barrier_domain_base_finetuned"] == pytest.approx(m["domain_loss_base"] - m["domain_loss_finetuned"], abs=1e-9)   # a monotone path: B is the endpoint gap (eq. 11)
     assert m["lmc_chord_barrier_domain_base_finetuned"] < 0.01
-    assert m["train_loss_alg1"] != m["train_loss_base"] and m["train_gap_alg1"] == pytest.approx(abs(m["train_loss_alg1"] - m["train_loss_base"]))
+    assert m["train_loss_alg1"] != m["train_loss_base"]
     c = {x["id"]: x for x in r["claims"]}
-    assert list(c) == ["lmc_eq11_alg1", "lmc_eq11_alg1_domain", "alg1_path_nontrivial", "lmc_chord_alg1", "prior_path_nontrivial",
-                       "lmc_chord_prior", "lmc_plain"]
     if c["alg1_path_nontrivial"]["verdict"] != "holds": assert c["lmc_chord_alg1"]["verdict"] == "not tested"

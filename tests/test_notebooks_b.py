@@ -18,9 +18,7 @@ def test_20_kfac(run_notebook):
     assert m["n_nonkfac_dirs"] + m["n_nonkfac_nonpositive"] == 4 + 3 * 4    # 4 random directions, 3 deltas in each of 4 layers
     assert 0 < m["kfac_over_fwd_bwd"] < 5                  # a K-FAC pass costs about a training step (1.1x in the benchmark)
     c = {x["id"]: x for x in r["claims"]}
-    assert list(c) == ["kfac_exact_single_token", "kfac_pass_cost", "kfac_approximates_fisher", "kfac_beats_diagonal",
-                       "kfac_beats_diagonal_own_dirs", "canary_delta_high_curvature"]
-    assert c["kfac_beats_diagonal_own_dirs"]["diagnosis"] == "construction" and c["kfac_exact_single_token"]["kind"] == "check"
+    assert c["kfac_exact_single_token"]["verdict"] == "holds"
     assert {"20_nonkfac_directions", "20_curvature_prediction"} <= set(r["figures"])
 
 
@@ -34,15 +32,12 @@ def test_30_ogd(run_notebook):
     assert m["exposure_finetuned"] > m["exposure_base"] + 1                  # ... and start memorising (0.9 -> 3.2 bits)
     assert abs(m["generalisation_kept_svd_split"] - 1) < 0.2                 # the 90%-energy SVD split keeps most of the delta
     assert m["greedy_teacher_forced_agreement"] == 1.0 and m["heldout_8grams_in_training"] < 0.05
-    assert m["alg1_k"] == 800 and m["ogd_k_values"] == 2                     # the paper's largest k for SmolLM2's MLP matrices, one more swept
     assert m["general_kl_base_nats"] == pytest.approx(0.0, abs=1e-6) and m["general_kl_finetuned_nats"] > 1e-3
     assert m["eta_same_kind"] > 3 * m["eta_null"]                         # two seeds' public shares align; a public and a private one barely
     c = {x["id"]: x for x in r["claims"]}
-    assert len(c) == 23 and c["finetune_memorises"]["kind"] == "precondition" and c["alg1_removes_canaries"]["kind"] == "paper"
     if c["finetune_memorises"]["verdict"] != "holds":                         # 4 smoke steps memorise little: the removal claims wait
         assert c["alg1_removes_canaries"]["verdict"] == "not tested" and c["alg1_removes_canaries"]["diagnosis"] == "precondition"
     assert {"30_finetune_curves", "30_tradeoff", "30_hessian_gen_mem"} <= set(r["figures"])
-    assert r["tolerances"]["canary_extraction_v2"] == {"abs": 0.05, "note": r["tolerances"]["canary_extraction_v2"]["note"]}
 
 
 def test_40_transfer(run_notebook):
@@ -61,7 +56,6 @@ def test_40_transfer(run_notebook):
         assert m["cos_av_native_median" + s] > m["cos_random_abs_p95_median" + s]    # A v points along the native vector
     assert m["transfer_test_p"] < 0.05 and m["retention_av_median"] > 0.5        # block 9 carries the behaviours even at smoke size
     assert m["cos_bias_b_median"] > 0.95 and m["retention_bias_median"] < 0.2       # the paper's A v + b is the offset b, nearly
-    assert [c["kind"] for c in r["claims"]].count("paper") == 6 and len(claims) == 13
     for s in ("", "_reverse"):                              # a paper claim is decided only when its preconditions hold
         pre = all(claims[p + s]["verdict"] == "holds" for p in ("map_fits", "native_steers"))
         assert (claims["retention" + s]["verdict"] == "not tested") == (not pre)

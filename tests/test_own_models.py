@@ -6,7 +6,8 @@ A user points a section at their own model with `-p model_name /path/to/hf-dir` 
 behaviour is present, so the claims that need one must come out "not tested", not "does not hold"."""
 import json, math
 import pytest
-from ortho_nbs.models import tiny_model, save_model, file_sha256, _cached_packaged
+from ortho_nbs.models import tiny_model, save_model, _cached_packaged
+from ortho_nbs.cache import file_sha256
 from ortho_nbs.provenance import VERDICTS
 from ortho_nbs.runner import reproduce
 
@@ -27,7 +28,7 @@ def own_run(tmp_path_factory):
     qwen = str(dirs["qwen2"])
     overrides = {"model_name": qwen, "10_ablation.layer_stride": 1, "10_ablation.sweep_starts": [0.5, 0.8],
                  "20_kfac.probe_layer": 3, "20_kfac.finetune_layers": [4, 5], "21_spectra.block": "5.mlp.down_proj",
-                 "30_ogd.train_layers": [4, 5], "30_ogd.slq_layer": 5, "31_lmc.train_layers": [4, 5],
+                 "30_ogd.train_layers": [4, 5], "30_ogd.slq_layer": 5,   # 31_lmc's are 30_ogd's (same as: 30_ogd)
                  "40_transfer.source_name": qwen, "40_transfer.target_name": str(dirs["gpt2"]),
                  "40_transfer.target_layers": [3, 5]}
     out = tmp_path_factory.mktemp("own_run")

@@ -111,8 +111,8 @@ def test_global_override_applies_to_every_declaring_notebook():
                                                    overrides=parse_overrides([["steps", "2"], ["31.n_points=5"]])))
     assert steps["30_ogd"]["steps"] == 2 and steps["31_lmc"]["steps"] == 2 and steps["31_lmc"]["n_points"] == 5
     assert "steps" not in steps["10_ablation"] and "n_points" not in steps["30_ogd"]
-    scoped = dict((p.stem, pars) for p, pars in plan("smoke", only=["30", "31"], overrides={"steps": 2, "31_lmc.steps": 3}))
-    assert (scoped["30_ogd"]["steps"], scoped["31_lmc"]["steps"]) == (2, 3)
+    scoped = dict((p.stem, pars) for p, pars in plan("smoke", only=["10", "30"], overrides={"n_seeds": 2, "30_ogd.n_seeds": 3}))
+    assert scoped["30_ogd"]["n_seeds"] == 3                                 # a notebook's own override beats a global one
 
 
 @pytest.mark.parametrize("args, message", [
@@ -170,11 +170,30 @@ def test_paper_run_with_overrides_goes_to_runs_and_records_them(tmp_path):
 
 def test_31_lmc_interpolates_30_ogds_first_fine_tune():
     "31_lmc must ask for the fine-tune 30_ogd cached (its first seed), in every profile: the same inputs, the same cache entry."
-    from ortho_nbs.runner import notebook_parameters
+    from ortho_nbs.provenance import parameters_cell, parameter_links
     shared = ["model_name", "seed", "n_canaries", "public_path", "train_layers", "train_kinds", "steps", "lr", "public_batch",
-              "canary_batch", "seq_len", "domain_sequences", "eval_every", "factor_sequences", "gen_fraction", "svd_energy"]
+              "canary_batch", "seq_len", "domain_sequences", "eval_every", "factor_sequences", "gen_fraction", "alg1_k_range", "svd_energy"]
+    assert parameter_links(project_root() / "nbs" / "31_lmc.ipynb") == {k: "30_ogd" for k in shared}
     for prof in load_profiles():
         ov = {"model_name": STAND_INS["model_name"]} if prof == "paper-scale" else None
         (a, pa), = plan(prof, only=["30_ogd"], overrides=ov); (b, pb), = plan(prof, only=["31_lmc"], overrides=ov)
-        pa, pb = notebook_parameters(a) | pa, notebook_parameters(b) | pb
+        pa, pb = parameters_cell(a) | pa, parameters_cell(b) | pb
         assert {k: pa[k] for k in shared} == {k: pb[k] for k in shared}, prof
+
+
+def test_shared_parameters_are_set_in_one_notebook_only(tmp_path):
+    "`same as: 30_ogd`: -p 30_ogd.NAME reaches 31_lmc run alone; the copy cannot be set, and its default cannot drift."
+    import shutil
+    (_, p), = plan("smoke", only=["31_lmc"], overrides={"30_ogd.steps": 3, "30_ogd.train_layers": [22, 23]})
+    assert (p["steps"], p["train_layers"], p["n_canaries"]) == (3, [22, 23], 8)          # 8: settings.ini [smoke] 30_ogd.n_canaries
+    with pytest.raises(ValueError, match=r"-p 31_lmc.steps: steps of 31_lmc is 30_ogd's .*give -p 30_ogd.steps"):
+        plan("smoke", only=["31_lmc"], overrides={"31_lmc.steps": 3})
+    root = project_root()
+    shutil.copytree(root / "nbs", tmp_path / "nbs")
+    (tmp_path / "settings.ini").write_text("[smoke]\n31_lmc.lr = 0.01\n")
+    with pytest.raises(ValueError, match=r"sets 31_lmc.lr, which is 30_ogd's \(same as: 30_ogd\): set 30_ogd.lr instead"):
+        plan("smoke", only=["31_lmc"], root=tmp_path)
+    nb = tmp_path / "nbs" / "31_lmc.ipynb"
+    nb.write_text(nb.read_text().replace('"steps = 72   # same as: 30_ogd', '"steps = 60   # same as: 30_ogd'))
+    (tmp_path / "settings.ini").write_text("[smoke]\n")
+    with pytest.raises(ValueError, match=r"its default steps = 60 differs from 30_ogd's 72"): plan("smoke", only=["31_lmc"], root=tmp_path)

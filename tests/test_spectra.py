@@ -1,7 +1,8 @@
 import pytest, torch
 from ortho_nbs.models import tiny_model, tiny_tokenizer
 from ortho_nbs.training import lm_batches, linear_modules
-from ortho_nbs.spectra import lanczos, slq_density, density_on_grid, block_hvp
+from ortho_nbs.spectra import lanczos, slq_density, density_on_grid
+from ortho_nbs.kfac import hvp_operator
 
 
 def _sym(n, seed=0):
@@ -27,12 +28,12 @@ def test_slq_density_is_a_probability_and_has_the_right_mean():
     assert abs((s["weight"] * s["theta"]).sum().item() - torch.trace(M).item() / 40) < 1.0
 
 
-def test_block_hvp_matches_exact_hessian_column():
+def test_hvp_operator_matches_exact_hessian_column():
     m, tok = tiny_model(d_model=16), tiny_tokenizer()
     b = lm_batches(tok, ["the quick brown fox jumps over the lazy dog"] * 2, seq_len=10, batch_size=4)
     mod = linear_modules(m)["1.mlp.down_proj"]
-    mv = block_hvp(m, mod, b)
     e = torch.zeros(mod.weight.numel(), dtype=torch.float64); e[5] = 1
+    with hvp_operator(m, mod, b) as mv: col = mv(e)
     # column 5 of the Hessian by finite differences of the gradient
     import torch.nn.functional as F
     from ortho_nbs.training import target_mask
@@ -43,7 +44,7 @@ def test_block_hvp_matches_exact_hessian_column():
         return torch.autograd.grad(loss, mod.weight)[0].flatten().double()
     eps = 1e-3; w = mod.weight.data.view(-1)
     w[5] += eps; gp = grad(); w[5] -= 2 * eps; gm = grad(); w[5] += eps
-    torch.testing.assert_close(mv(e), (gp - gm) / (2 * eps), atol=1e-4, rtol=1e-2)
+    torch.testing.assert_close(col, (gp - gm) / (2 * eps), atol=1e-4, rtol=1e-2)
 
 
 def test_bad_steps_refused():

@@ -1,4 +1,4 @@
-"The notebooks are the source: the library, the cleaned notebooks and environment.yml must agree with them."
+"The notebooks are the source: the library and the cleaned notebooks must agree with them (environment.yml: test_environment.py)."
 import re, shutil, subprocess, sys
 from pathlib import Path
 import pytest
