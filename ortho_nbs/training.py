@@ -331,7 +331,7 @@ def lowest_block(model, modules: dict) -> int:
 
 def _step_loss(model, enc: dict, prefix: Prefix | None, states, reduction: str = "mean") -> torch.Tensor:
     "The next-token loss of one batch (`lm_loss`), started from the kept streams of its rows above a frozen `prefix`."
-    if prefix is None: return lm_loss(model, enc, reduction)
+    if prefix is None or not prefix.first: return lm_loss(model, enc, reduction)
     with prefix.given(states): return lm_loss(model, enc, reduction)
 
 def _data_parallel_grads(model, batch_of, idx: list[int], weights: list, dev, prefix: Prefix | None = None) -> tuple[torch.Tensor, list]:
@@ -365,16 +365,17 @@ def _sharded_grads(model, batch_of, idx: list[int], weights: list) -> tuple[torc
     for w in weights: w.grad = None
     return torch.tensor(all_reduce_number(total.item()) / n), gs
 
-def _source_batches(model, tokenizer, sources: dict, modules: dict, first: int, store: dict | None, dev):
+def _source_batches(model, tokenizer, sources: dict, modules: dict, prefix: Prefix, store: dict | None, dev):
     """`batch_of(source, idx)` -> (the batch of the source's rows `idx`, their streams entering block `first` or None).
     Above a frozen prefix (`first` > 0) every source's rows are encoded once (texts padded to their source's longest) and
     their streams kept (`Prefix.streams`); refused when one of `modules` lies below block `first`."""
+    first = prefix.first
     if not first: return lambda s, idx: (_source_batch(tokenizer, sources[s], idx, dev), None)
     low = sorted(n for n, b in _block_of(model, modules).items() if b is None or b < first)
     if low: raise ValueError(f"frozen_below={first}: {', '.join(low[:4])} lie below block {first} or outside the decoder "
                              "blocks; freeze only blocks under the lowest trained one")
     rows = {s: _source_batch(tokenizer, d, list(range(len(d))), dev) for s, d in sources.items()}
-    kept = {s: Prefix(model, first).streams(rows[s], store) for s in sources}
+    kept = {s: prefix.streams(rows[s], store) for s in sources}
     return lambda s, idx: ({k: v[idx] for k, v in rows[s].items()}, kept[s][idx])
 
 def _step_grads(model, batch_of, idx: list[int], weights: list, dev, prefix: Prefix | None, sharded: bool) -> tuple[torch.Tensor, list]:
@@ -431,7 +432,8 @@ def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.M
     rng, dev, first = torch.Generator().manual_seed(seed), next(model.parameters()).device, int(frozen_below)
     sharded = any(is_sharded(m.weight) for m in modules.values())
     if sharded and first: raise ValueError(f"frozen_below={first}: a model under fsdp_shard runs every block; give frozen_below=0")
-    batch_of = _source_batches(model, tokenizer, sources, modules, first, prefix_store, dev)
+    prefix = Prefix(model, first)                                             # first = 0: nothing frozen
+    batch_of = _source_batches(model, tokenizer, sources, modules, prefix, prefix_store, dev)
     eval_store = {} if prefix_store is None else prefix_store
     dt = {n: writer_weight(m) for n, m in modules.items()}                    # (d_out, d_in) views (sharded: DTensors)
     W = {n: (w.to_local() if sharded else w) for n, w in dt.items()}          # what this rank updates: all, or its rows
@@ -440,10 +442,9 @@ def attributed_finetune(model, tokenizer, sources: dict, modules: dict[str, nn.M
     parts = {s: {n: torch.zeros_like(w) for n, w in W.items()} for s in sources}
     v = {s: {n: torch.zeros_like(w) for n, w in W.items()} for s in sources}
     losses, seen, curve = {s: [] for s in sources}, {s: set() for s in sources}, []
-    prefix = Prefix(model, first) if first else None
     def record(t):
         if evaluate is not None and (t == 0 or t == steps or eval_every and t % eval_every == 0):
-            with Prefix(model, first).replayed(eval_store): got = evaluate(model)
+            with prefix.replayed(eval_store): got = evaluate(model)
             curve.append(dict(step=t, **{k: float(x) for k, x in got.items()}))
     record(0)
     weights = [m.weight for m in modules.values()]
